@@ -1,0 +1,18 @@
+"""guardtune: small decoder-only LLMs as fast, calibrated text classifiers and guardrails, with LoRA."""
+
+from guardtune.api import Classifier, Prediction, TrainReport, evaluate, train
+from guardtune.errors import GuardtuneError
+from guardtune.task import TaskSpec, load_task
+from guardtune.train import TrainSettings
+
+__all__ = [
+    "Classifier",
+    "GuardtuneError",
+    "Prediction",
+    "TaskSpec",
+    "TrainReport",
+    "TrainSettings",
+    "evaluate",
+    "load_task",
+    "train",
+]

@@ -1,0 +1,3 @@
+from guardtune.cli import main
+
+main()

@@ -1,0 +1,301 @@
+"""The public Python API: ``Classifier.load / predict / predict_proba``, ``train`` and ``evaluate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from transformers import set_seed
+
+from guardtune.atomic import atomic_dir
+from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
+from guardtune.data.readers import Examples, label_counts, load_examples
+from guardtune.data.splits import stratified_split
+from guardtune.errors import GuardtuneError
+from guardtune.eval import (
+    errors_frame,
+    multi_label_metrics,
+    plot_confusion_matrix,
+    plot_precision_recall,
+    single_label_metrics,
+    write_report,
+)
+from guardtune.eval.model_card import write_model_card
+from guardtune.infer import predict_scores
+from guardtune.methods import get_method
+from guardtune.modeldir import Manifest, read_manifest
+from guardtune.task import TaskSpec, load_task
+from guardtune.train import FitResult, TrainSettings, fit
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Prediction:
+    """One text's decision: ``label`` (a list of labels for multi-label tasks) and every score."""
+
+    label: str | list[str]
+    scores: dict[str, float]
+
+
+class Classifier:
+    """A trained guardtune model: a base LM, its adapter, and the task's decision policy.
+
+    Example:
+        >>> clf = Classifier.load("runs/pii")
+        >>> clf.predict("whats ur snap?").label
+        'asking'
+    """
+
+    def __init__(self, method: Any, manifest: Manifest, directory: Path | None = None) -> None:
+        self.method = method
+        self.manifest = manifest
+        self.directory = directory
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, dtype: str = "auto", backbone: Backbone | None = None
+    ) -> Classifier:
+        """Load a model directory written by ``guardtune train``.
+
+        Args:
+            directory: the model directory (``guardtune.json``, adapter and head safetensors).
+            dtype: ``auto``, ``bf16`` or ``fp32`` for the base model.
+            backbone: an already loaded base to reuse (it must be the one the model was trained on).
+
+        Raises:
+            GuardtuneError: not a model directory, or its base cannot be loaded.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        backbone = backbone or load_backbone(manifest.base, dtype=dtype)
+        method_cls = get_method(manifest.method)
+        method = method_cls.load(directory, backbone, manifest.task, manifest.max_length)
+        return cls(method, manifest, directory)
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.manifest.task
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, in the column order of :meth:`predict_proba`."""
+        return self.task.label_names
+
+    def predict_proba(self, texts: str | list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
+
+        Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        return predict_scores(self.method, batch, batch_size=batch_size, progress=progress)
+
+    def predict(
+        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
+    ) -> Prediction | list[Prediction]:
+        """Decide labels with the task's policy; one :class:`Prediction` per text.
+
+        Args:
+            texts: one string (returns one Prediction) or a list (returns a list).
+        """
+        scores = self.predict_proba(texts, batch_size=batch_size, progress=progress)
+        decided = self.task.decide(scores)
+        predictions = [
+            Prediction(label=label, scores=dict(zip(self.labels, map(float, row), strict=True)))
+            for label, row in zip(decided, scores, strict=True)
+        ]
+        return predictions[0] if isinstance(texts, str) else predictions
+
+
+@dataclass
+class TrainReport:
+    """What ``train`` produced: the model, its directory and how training went."""
+
+    classifier: Classifier
+    directory: Path
+    fit: FitResult
+    counts: dict[str, dict[str, int]]
+    val_metrics: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _work_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".incomplete")
+
+
+def train(
+    task: str | TaskSpec,
+    train_path: str | Path,
+    out: str | Path,
+    val_path: str | Path | None = None,
+    base: str = DEFAULT_BASE,
+    method: str = "head",
+    settings: TrainSettings | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    backbone: Backbone | None = None,
+) -> TrainReport:
+    """Train a classifier and write its model directory.
+
+    Args:
+        task: a built-in task name, a task YAML path, or a :class:`TaskSpec`.
+        train_path: CSV, JSONL or Parquet training rows.
+        out: model directory to write; it appears only when training succeeds.
+        val_path: validation rows; without it 10% of the training rows are held out.
+        base: HF directory, ``.gguf`` file, or ``gemma-3-270m``.
+        method: a registered method name (see ``guardtune.methods.available_methods()``).
+        settings: training hyper-parameters.
+        resume: continue from the newest checkpoint of an interrupted run into the same ``out``.
+        overwrite: replace ``out`` if it exists.
+        backbone: an already loaded base model to train on.
+
+    Raises:
+        GuardtuneError: bad data, task or settings, each in one line.
+    """
+    spec = task if isinstance(task, TaskSpec) else load_task(task)
+    settings = settings or TrainSettings()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise GuardtuneError(f"{out}: already exists (choose another --out or pass --overwrite)")
+    method_cls = get_method(method)
+    train_rows = load_examples(train_path, spec)
+    notes = []
+    if val_path is not None:
+        val_rows: Examples | None = load_examples(val_path, spec)
+    elif len(train_rows) >= 20:
+        train_rows, val_rows = _hold_out(train_rows, settings.seed)
+        notes.append(f"no --val given: held out {len(val_rows)} of the training rows for validation")
+    else:
+        val_rows = None
+    assert train_rows.labels is not None
+    counts = {"train": label_counts(spec, train_rows.labels)}
+    if val_rows is not None and val_rows.labels is not None:
+        counts["validation"] = label_counts(spec, val_rows.labels)
+    work_dir = _work_dir(out)
+    if work_dir.exists() and not resume:
+        shutil.rmtree(work_dir)
+    backbone = backbone or load_backbone(base, dtype=settings.dtype)
+    set_seed(settings.seed)
+    model = method_cls.create(backbone, spec, settings.lora, settings.max_length, train_rows.labels)
+    result = fit(
+        model,
+        train_rows.texts,
+        train_rows.labels,
+        settings,
+        work_dir,
+        val_texts=val_rows.texts if val_rows else None,
+        val_labels=val_rows.labels if val_rows else None,
+        resume=resume,
+    )
+    manifest = Manifest(
+        task=spec,
+        method=method,
+        base=base,
+        max_length=settings.max_length,
+        lora=settings.lora.to_dict(),
+        training={
+            **{k: v for k, v in settings.to_dict().items() if k != "lora"},
+            "steps": result.steps,
+            "seconds": round(result.seconds, 1),
+            "examples_per_second": round(result.examples_per_second, 2),
+            "train_loss": result.train_loss,
+            "counts": counts,
+        },
+    )
+    classifier = Classifier(model, manifest)
+    val_metrics = None
+    if val_rows is not None and val_rows.labels is not None:
+        val_metrics = score_examples(classifier, val_rows)[0]
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save(tmp)
+        manifest.write(tmp)
+        write_model_card(tmp, manifest, {"validation": val_metrics} if val_metrics else {})
+    shutil.rmtree(work_dir, ignore_errors=True)
+    classifier.directory = out
+    return TrainReport(classifier, out, result, counts, val_metrics, notes)
+
+
+def _hold_out(rows: Examples, seed: int) -> tuple[Examples, Examples]:
+    assert rows.labels is not None
+    train_idx, val_idx, _ = stratified_split(rows.labels, (0.9, 0.1, 0.0), seed=seed)
+    return _subset(rows, train_idx), _subset(rows, val_idx)
+
+
+def _subset(rows: Examples, indices: np.ndarray) -> Examples:
+    labels = rows.labels
+    return Examples(
+        texts=[rows.texts[i] for i in indices],
+        labels=[labels[i] for i in indices] if labels is not None else None,  # type: ignore[misc]
+        frame=rows.frame.iloc[indices].reset_index(drop=True),
+        source=rows.source,
+    )
+
+
+def score_examples(
+    classifier: Classifier, rows: Examples, progress: bool = False
+) -> tuple[dict[str, Any], list[Any], np.ndarray]:
+    """Metrics (``metrics.json`` contract), decided labels and scores for labelled rows."""
+    if rows.labels is None:
+        raise GuardtuneError(f"{rows.source}: no {classifier.task.label_column!r} column to evaluate against")
+    scores = classifier.predict_proba(rows.texts, progress=progress)
+    decided = classifier.task.decide(scores)
+    if classifier.task.mode == "single":
+        metrics = single_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
+    else:
+        metrics = multi_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
+    return metrics, decided, scores
+
+
+def _indicator(labels: list[str], gold: list[Any], mode: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(labels)}
+    matrix = np.zeros((len(gold), len(labels)), dtype=int)
+    for row, value in enumerate(gold):
+        for name in [value] if mode == "single" else value:
+            matrix[row, index[name]] = 1
+    return matrix
+
+
+def evaluate(
+    model: str | Path | Classifier,
+    data: str | Path,
+    out: str | Path,
+    title: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model on a labelled file and write a report directory.
+
+    Writes ``metrics.json``, ``report.md``, ``confusion_matrix.png``, ``precision_recall.png`` and
+    ``errors.csv`` (every misclassified row with its scores) into ``out``, all at once.
+
+    Returns:
+        The metrics dictionary (the ``metrics.json`` contract).
+    """
+    classifier = model if isinstance(model, Classifier) else Classifier.load(model)
+    rows = load_examples(data, classifier.task)
+    metrics, decided, scores = score_examples(classifier, rows, progress=progress)
+    out = Path(out)
+    title = title or f"{classifier.task.name} on {Path(data).name}"
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        plot_confusion_matrix(metrics, tmp / "confusion_matrix.png", title=title)
+        gold = _indicator(classifier.labels, rows.labels or [], classifier.task.mode)
+        plot_precision_recall(classifier.labels, gold, scores, tmp / "precision_recall.png", title=title)
+        errors = errors_frame(rows.texts, rows.labels or [], decided, scores, classifier.labels)
+        errors.to_csv(tmp / "errors.csv", index=False)
+        write_report(
+            tmp,
+            metrics,
+            title=title,
+            extra_sections={
+                "Model": f"`{classifier.directory}` ({classifier.manifest.method} on "
+                f"`{classifier.manifest.base}`)",
+                "Errors": f"{len(errors)} of {len(rows)} rows misclassified; see `errors.csv`.",
+            },
+            images=["confusion_matrix.png", "precision_recall.png"],
+        )
+    return metrics

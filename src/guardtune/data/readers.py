@@ -1,0 +1,209 @@
+"""Read labelled or unlabelled rows from CSV, JSONL or Parquet and check them against a task.
+
+Every problem is reported in one line naming the file, the row as a spreadsheet shows it (CSV: the
+header is row 1, so the first data row is row 2; JSONL: the line number; Parquet: 1-based row), and
+what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from guardtune.errors import GuardtuneError
+from guardtune.task import TaskSpec
+
+SUPPORTED_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+SUPPORTED_SUFFIXES |= {".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class Examples:
+    """Texts (and gold labels when present) read from one file, in file order."""
+
+    texts: list[str]
+    labels: list[str] | list[list[str]] | None
+    frame: pd.DataFrame
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _kind(path: Path) -> str:
+    kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise GuardtuneError(
+            f"{path}: unsupported file type {path.suffix!r} "
+            f"(expected one of {', '.join(sorted(SUPPORTED_SUFFIXES))})"
+        )
+    return kind
+
+
+def row_name(path: Path, index: int) -> str:
+    """How a 0-based data row is named to a user, as their editor or spreadsheet shows it."""
+    kind = SUPPORTED_SUFFIXES.get(path.suffix.lower(), "csv")
+    if kind == "csv":
+        return f"row {index + 2}"
+    if kind == "jsonl":
+        return f"line {index + 1}"
+    return f"row {index + 1}"
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a CSV, JSONL or Parquet file into a frame of strings (missing cells become '').
+
+    Raises:
+        GuardtuneError: missing, unreadable, not UTF-8, malformed, or empty.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    if not path.is_file():
+        raise GuardtuneError(f"{path}: no such file")
+    try:
+        if kind == "csv":
+            sep = "\t" if path.suffix.lower() == ".tsv" else ","
+            frame = pd.read_csv(
+                path, dtype=str, keep_default_na=False, encoding="utf-8", sep=sep
+            )
+        elif kind == "jsonl":
+            frame = _read_jsonl(path)
+        else:
+            frame = pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        raise GuardtuneError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8"
+        ) from exc
+    except pd.errors.EmptyDataError as exc:
+        raise GuardtuneError(f"{path}: the file is empty (expected a header and rows)") from exc
+    except pd.errors.ParserError as exc:
+        reason = str(exc).strip().replace("\n", " ")
+        raise GuardtuneError(f"{path}: malformed CSV: {reason}") from exc
+    except OSError as exc:
+        raise GuardtuneError(f"{path}: cannot read: {exc}") from exc
+    except Exception as exc:  # pyarrow raises its own types for corrupt files
+        if kind != "parquet":
+            raise
+        raise GuardtuneError(f"{path}: not a readable Parquet file: {exc}") from exc
+    if frame.empty:
+        raise GuardtuneError(f"{path}: no data rows (expected at least one)")
+    return frame
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GuardtuneError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise GuardtuneError(f"{path}: line {number}: expected a JSON object per line")
+            records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _missing_column(path: Path, column: str, frame: pd.DataFrame, role: str) -> GuardtuneError:
+    found = [str(c) for c in frame.columns]
+    close = difflib.get_close_matches(column, found, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return GuardtuneError(
+        f"{path}: missing {role} column {column!r} (found columns: {', '.join(found)}){hint}"
+    )
+
+
+def _cell_text(value: object) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    return str(value)
+
+
+def load_examples(path: str | Path, task: TaskSpec, require_labels: bool = True) -> Examples:
+    """Read a file and check its texts (and labels) against ``task``.
+
+    Args:
+        path: CSV, TSV, JSONL or Parquet file.
+        task: the task whose ``text_fields`` and ``label_column`` are read.
+        require_labels: when False the label column may be absent (prediction input).
+
+    Raises:
+        GuardtuneError: naming the file, the row and what was expected.
+    """
+    path = Path(path)
+    frame = read_table(path)
+    for column in task.text_fields:
+        if column not in frame.columns:
+            raise _missing_column(path, column, frame, "text")
+    texts = []
+    fields = [frame[c].map(_cell_text).tolist() for c in task.text_fields]
+    for index, parts in enumerate(zip(*fields, strict=True)):
+        text = "\n".join(p for p in parts if p.strip())
+        if not text.strip():
+            raise GuardtuneError(
+                f"{path}: {row_name(path, index)}: empty text in {'+'.join(task.text_fields)} "
+                "(expected a non-empty message)"
+            )
+        texts.append(text)
+    labels: list[str] | list[list[str]] | None = None
+    if task.label_column in frame.columns:
+        raw = frame[task.label_column].map(_cell_text).tolist()
+        labels = parse_labels(raw, task, path)
+    elif require_labels:
+        raise _missing_column(path, task.label_column, frame, "label")
+    return Examples(texts=texts, labels=labels, frame=frame, source=str(path))
+
+
+def parse_labels(raw: list[str], task: TaskSpec, path: Path) -> list[str] | list[list[str]]:
+    """Check gold label cells against the task; multi-label cells are comma-separated."""
+    known = task.label_names
+    if task.mode == "single":
+        single: list[str] = []
+        for index, value in enumerate(raw):
+            value = value.strip()
+            if value not in task.labels:
+                shown = repr(value) if value else "an empty label"
+                raise GuardtuneError(
+                    f"{path}: {row_name(path, index)}: unknown label {shown} in column "
+                    f"{task.label_column!r} (expected one of: {', '.join(known)})"
+                )
+            single.append(value)
+        return single
+    order = {name: i for i, name in enumerate(known)}
+    multi: list[list[str]] = []
+    for index, value in enumerate(raw):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        parts = [p for p in parts if p != task.negative_label]
+        unknown = [p for p in parts if p not in order]
+        if unknown:
+            raise GuardtuneError(
+                f"{path}: {row_name(path, index)}: unknown label {unknown[0]!r} in column "
+                f"{task.label_column!r} (expected comma-separated labels from: {', '.join(known)}; "
+                f"empty or {task.negative_label!r} for none)"
+            )
+        multi.append(sorted(set(parts), key=order.__getitem__))
+    return multi
+
+
+def label_counts(task: TaskSpec, labels: list[str] | list[list[str]]) -> dict[str, int]:
+    """Rows per label, in task order; multi-label tasks also count rows with no label."""
+    counts = {name: 0 for name in task.label_names}
+    if task.mode == "multi":
+        counts[task.negative_label] = 0
+        for row in labels:
+            assert isinstance(row, list)
+            for name in row:
+                counts[name] += 1
+            if not row:
+                counts[task.negative_label] += 1
+        return counts
+    for label in labels:
+        assert isinstance(label, str)
+        counts[label] += 1
+    return counts

@@ -1,0 +1,165 @@
+"""The ``head`` method (LoRA-Guard): LoRA on a frozen decoder + a linear head on the last token.
+
+The full-vocabulary LM head is never computed: the decoder's final hidden state at the last real
+token goes through a small ``hidden -> labels`` linear layer. With the adapter disabled the causal
+LM is exactly the base model, so one model in memory can both chat and guard (the dual path).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from guardtune.backbone import Backbone
+from guardtune.errors import GuardtuneError
+from guardtune.methods.lora import LoraSettings, apply_lora
+from guardtune.methods.registry import register_method
+from guardtune.task import TaskSpec
+
+HEAD_FILE = "head.safetensors"
+
+
+def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of each row's last real token, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0) -> torch.Tensor:
+    """Per-label BCE positive weights (negatives / positives), so rare categories still count."""
+    names = task.label_names
+    positives = np.array([sum(name in row for row in labels) for name in names], dtype=np.float64)
+    negatives = len(labels) - positives
+    weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
+    return torch.tensor(np.clip(weights, 1.0, cap), dtype=torch.float32)
+
+
+@register_method("head")
+class HeadMethod(nn.Module):
+    """LoRA + linear classification head on the last token's hidden state."""
+
+    name = "head"
+
+    def __init__(
+        self,
+        peft_model: PeftModel,
+        backbone: Backbone,
+        task: TaskSpec,
+        max_length: int,
+        pos_weight: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.peft_model = peft_model
+        self.backbone = backbone
+        self.task = task
+        self.max_length = max_length
+        self.classifier = nn.Linear(backbone.hidden_size, len(task.labels), dtype=torch.float32)
+        self.classifier.to(backbone.device)
+        weight = pos_weight if pos_weight is not None else torch.ones(len(task.labels))
+        self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
+
+    # -- building and persistence -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        backbone: Backbone,
+        task: TaskSpec,
+        lora: LoraSettings,
+        max_length: int,
+        train_labels: list[str] | list[list[str]] | None = None,
+    ) -> HeadMethod:
+        """New trainable parts (LoRA adapter + head) on ``backbone``."""
+        pos_weight = None
+        if task.mode == "multi" and train_labels is not None:
+            pos_weight = positive_weights(task, train_labels)  # type: ignore[arg-type]
+        return cls(apply_lora(backbone, lora), backbone, task, max_length, pos_weight)
+
+    @classmethod
+    def load(cls, directory: Path, backbone: Backbone, task: TaskSpec, max_length: int) -> HeadMethod:
+        """Load the adapter and head saved by :meth:`save` onto ``backbone`` (no pickle)."""
+        peft_model = PeftModel.from_pretrained(backbone.model, str(directory), is_trainable=False)
+        method = cls(peft_model, backbone, task, max_length)
+        state = load_file(str(directory / HEAD_FILE), device=str(backbone.device))
+        expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            raise GuardtuneError(
+                f"{directory / HEAD_FILE}: head tensors {found} do not match the task and base "
+                f"(expected {expected})"
+            )
+        method.classifier.load_state_dict(state)
+        method.eval()
+        return method
+
+    def save(self, directory: Path) -> None:
+        """Write the PEFT adapter and the head as safetensors into ``directory``."""
+        self.peft_model.peft_config["default"].base_model_name_or_path = self.backbone.base
+        self.peft_model.save_pretrained(str(directory))
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
+        save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the parameters training changes (adapter + head), for light checkpoints."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids per text: the message itself, truncated to ``max_length`` tokens."""
+        encoded = self.backbone.tokenizer(texts, truncation=True, max_length=self.max_length)
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    def targets(self, labels: list[str] | list[list[str]]) -> list[Any]:
+        """Gold labels as training targets: class indices, or multi-hot float rows."""
+        index = {name: i for i, name in enumerate(self.task.label_names)}
+        if self.task.mode == "single":
+            return [index[label] for label in labels]  # type: ignore[index]
+        rows = []
+        for row in labels:
+            hot = [0.0] * len(index)
+            for name in row:
+                hot[index[name]] = 1.0
+            rows.append(hot)
+        return rows
+
+    # -- computation ----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        # The decoder inside the PEFT-wrapped causal LM carries the LoRA layers; calling it skips
+        # the LM head entirely.
+        decoder = self.peft_model.get_base_model().get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = last_token_states(hidden, attention_mask).float()
+        logits = self.classifier(pooled)
+        output = {"logits": logits}
+        if labels is not None:
+            if self.task.mode == "single":
+                output["loss"] = nn.functional.cross_entropy(logits, labels.long())
+            else:
+                output["loss"] = nn.functional.binary_cross_entropy_with_logits(
+                    logits, labels.float(), pos_weight=self.pos_weight
+                )
+        return output
+
+    def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities: softmax for single-label, independent sigmoids for multi."""
+        if self.task.mode == "single":
+            return torch.softmax(logits.float(), dim=-1)
+        return torch.sigmoid(logits.float())
+
+    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities for one padded batch."""
+        return self.scores_from_logits(self.forward(input_ids, attention_mask)["logits"])

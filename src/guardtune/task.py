@@ -1,0 +1,237 @@
+"""Task specs: what is classified (labels, mode, text fields) and how scores become labels (policy).
+
+A task is YAML. Built-in tasks live beside this module in ``tasks/<name>.yaml`` and are found by
+name; any other path to a YAML file works the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from guardtune.errors import GuardtuneError
+
+Mode = Literal["single", "multi"]
+_KNOWN_KEYS = {
+    "name",
+    "mode",
+    "labels",
+    "text_fields",
+    "label_column",
+    "instruction",
+    "policy",
+    "negative_label",
+}
+_POLICY_KEYS = {"thresholds", "min_confidence", "fallback"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How per-label scores become a decision.
+
+    Single-label: labels in ``thresholds`` are checked in the order given and the first whose score
+    reaches its threshold wins; otherwise the most likely label if its score reaches
+    ``min_confidence``; otherwise ``fallback``. Multi-label: a label is on when its score reaches
+    its threshold (0.5 unless set).
+    """
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    min_confidence: float = 0.0
+    fallback: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated classification task.
+
+    Args:
+        name: short identifier, used in reports and model cards.
+        mode: ``single`` (one label per row) or ``multi`` (any subset of labels per row).
+        labels: label name -> description, in the order scores are reported.
+        text_fields: columns joined (with newlines) into the text that is classified.
+        label_column: column that holds the gold label; for ``multi`` a comma-separated list,
+            where an empty cell means the negative outcome.
+        instruction: optional task instruction for prompt-based methods.
+        policy: decision policy applied by predict, eval and serve.
+        negative_label: name of the "nothing flagged" outcome of a multi-label task.
+    """
+
+    name: str
+    mode: Mode
+    labels: dict[str, str]
+    text_fields: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    instruction: str | None = None
+    policy: Policy = field(default_factory=Policy)
+    negative_label: str = "safe"
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["policy"] = {k: v for k, v in data["policy"].items() if v not in (None, {}, 0.0)}
+        if not data["policy"]:
+            del data["policy"]
+        if data["instruction"] is None:
+            del data["instruction"]
+        return data
+
+    def decide(self, scores: np.ndarray) -> list[str] | list[list[str]]:
+        """Apply the policy to a ``(rows, labels)`` score matrix.
+
+        Returns:
+            one label per row for ``single``; a list of active labels per row for ``multi``.
+        """
+        names = self.label_names
+        index = {name: i for i, name in enumerate(names)}
+        if self.mode == "multi":
+            thresholds = np.array([self.policy.thresholds.get(n, 0.5) for n in names])
+            active = scores >= thresholds
+            return [[names[j] for j in np.flatnonzero(row)] for row in active]
+        decided: list[str] = []
+        for row in scores:
+            choice = None
+            for name, threshold in self.policy.thresholds.items():
+                if row[index[name]] >= threshold:
+                    choice = name
+                    break
+            if choice is None:
+                best = int(np.argmax(row))
+                if row[best] >= self.policy.min_confidence or self.policy.fallback is None:
+                    choice = names[best]
+                else:
+                    choice = self.policy.fallback
+            decided.append(choice)
+        return decided
+
+
+def builtin_tasks() -> dict[str, Path]:
+    """Built-in task names mapped to their YAML files (the registry is the ``tasks`` folder)."""
+    folder = files("guardtune").joinpath("tasks")
+    return {
+        Path(str(entry)).stem: Path(str(entry))
+        for entry in folder.iterdir()
+        if str(entry).endswith(".yaml")
+    }
+
+
+def load_task(name_or_path: str | Path) -> TaskSpec:
+    """Load a built-in task by name, or a task YAML file by path.
+
+    Args:
+        name_or_path: ``pii-intent``, ``pii-categories``, ``moderation``, or a path to YAML.
+
+    Returns:
+        The validated :class:`TaskSpec`.
+
+    Raises:
+        GuardtuneError: the file is missing or unreadable, or lists every problem found in it.
+
+    Example:
+        >>> load_task("pii-intent").label_names
+        ['none', 'asking', 'giving']
+    """
+    known = builtin_tasks()
+    text = str(name_or_path)
+    path = known.get(text) or Path(text)
+    if not path.is_file():
+        raise GuardtuneError(
+            f"{text}: no such task file and not a built-in task (built-in: {', '.join(sorted(known))})"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = str(exc).replace("\n", " ")
+        raise GuardtuneError(f"{path}: not valid YAML: {reason}") from exc
+    return task_from_dict(raw, source=str(path))
+
+
+def task_from_dict(raw: Any, source: str = "<task>") -> TaskSpec:
+    """Validate a parsed task mapping, reporting every problem at once."""
+    problems = validate_task_dict(raw)
+    if problems:
+        raise GuardtuneError(f"{source}: " + "; ".join(problems))
+    mode = raw.get("mode", "single")
+    policy_raw = raw.get("policy") or {}
+    policy = Policy(
+        thresholds={str(k): float(v) for k, v in (policy_raw.get("thresholds") or {}).items()},
+        min_confidence=float(policy_raw.get("min_confidence", 0.0)),
+        fallback=policy_raw.get("fallback"),
+    )
+    return TaskSpec(
+        name=str(raw["name"]),
+        mode=mode,
+        labels={str(k): str(v or "") for k, v in raw["labels"].items()},
+        text_fields=[str(f) for f in raw.get("text_fields") or ["text"]],
+        label_column=str(raw.get("label_column") or ("labels" if mode == "multi" else "label")),
+        instruction=raw.get("instruction"),
+        policy=policy,
+        negative_label=str(raw.get("negative_label", "safe")),
+    )
+
+
+def validate_task_dict(raw: Any) -> list[str]:
+    """Every problem in a parsed task mapping, as ``key: what was expected`` strings."""
+    if not isinstance(raw, dict):
+        return [f"expected a mapping of task keys, found {type(raw).__name__}"]
+    problems = [f"unknown key {key!r}" for key in raw if key not in _KNOWN_KEYS]
+    if not isinstance(raw.get("name"), str) or not raw.get("name"):
+        problems.append("name: expected a non-empty string")
+    mode = raw.get("mode", "single")
+    if mode not in ("single", "multi"):
+        problems.append(f"mode: expected 'single' or 'multi', found {mode!r}")
+    labels = raw.get("labels")
+    label_names: list[str] = []
+    if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
+        problems.append("labels: expected a mapping of label name to description, found a list")
+    elif not isinstance(labels, dict) or not labels:
+        problems.append("labels: expected a non-empty mapping of label name to description")
+    else:
+        label_names = [str(k) for k in labels]
+        if mode == "single" and len(label_names) < 2:
+            problems.append("labels: a single-label task needs at least 2 labels")
+        bad = [n for n in label_names if "," in n or not n.strip()]
+        if bad:
+            problems.append(f"labels: names must be non-empty and contain no comma: {bad}")
+    fields = raw.get("text_fields", ["text"])
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+        problems.append("text_fields: expected a non-empty list of column names")
+    if "label_column" in raw and not isinstance(raw["label_column"], str):
+        problems.append("label_column: expected a column name")
+    if "instruction" in raw and not isinstance(raw["instruction"], str):
+        problems.append("instruction: expected a string")
+    problems.extend(_validate_policy(raw.get("policy"), label_names, mode))
+    return problems
+
+
+def _validate_policy(policy: Any, label_names: list[str], mode: str) -> list[str]:
+    if policy is None:
+        return []
+    if not isinstance(policy, dict):
+        return ["policy: expected a mapping with thresholds, min_confidence, fallback"]
+    problems = [f"policy: unknown key {key!r}" for key in policy if key not in _POLICY_KEYS]
+    thresholds = policy.get("thresholds") or {}
+    if not isinstance(thresholds, dict):
+        problems.append("policy.thresholds: expected a mapping of label to a number in [0, 1]")
+    else:
+        for label, value in thresholds.items():
+            if label_names and label not in label_names:
+                problems.append(f"policy.thresholds: unknown label {label!r} (labels: {label_names})")
+            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+                problems.append(f"policy.thresholds.{label}: expected a number in [0, 1]")
+    confidence = policy.get("min_confidence", 0.0)
+    if not isinstance(confidence, int | float) or not 0.0 <= confidence <= 1.0:
+        problems.append("policy.min_confidence: expected a number in [0, 1]")
+    fallback = policy.get("fallback")
+    if fallback is not None and label_names and fallback not in label_names:
+        problems.append(f"policy.fallback: unknown label {fallback!r} (labels: {label_names})")
+    if mode == "multi" and (fallback is not None or "min_confidence" in policy):
+        problems.append("policy: fallback and min_confidence apply to single-label tasks only")
+    return problems

@@ -1,0 +1,203 @@
+"""One training loop for every method, on the Hugging Face Trainer.
+
+Methods differ only through their interface (``encode``, ``targets``, ``forward`` returning a loss,
+``trainable_state_dict``); checkpoints hold only the trainable parameters, so they are small and
+``--resume`` continues from the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from transformers import DataCollatorWithPadding, EvalPrediction, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from guardtune.errors import GuardtuneError
+from guardtune.methods.lora import LoraSettings
+
+
+@dataclass
+class TrainSettings:
+    """Training hyper-parameters; invalid values are all reported at once on construction."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    gradient_accumulation: int = 1
+    max_length: int = 256
+    seed: int = 0
+    save_steps: int = 50
+    dtype: str = "auto"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs <= 0:
+            problems.append(f"--epochs: expected a positive number, found {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"--max-steps: expected a positive integer, found {self.max_steps}")
+        if self.batch_size < 1:
+            problems.append(f"--batch-size: expected a positive integer, found {self.batch_size}")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"--lr: expected a number in (0, 1), found {self.learning_rate}")
+        if self.max_length < 8:
+            problems.append(f"--max-length: expected at least 8 tokens, found {self.max_length}")
+        if self.gradient_accumulation < 1:
+            problems.append("--grad-accum: expected a positive integer")
+        if problems:
+            raise GuardtuneError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    """What the loop did, for the manifest, the model card and the closing summary."""
+
+    steps: int
+    seconds: float
+    examples_seen: int
+    train_loss: float | None
+    log_history: list[dict[str, Any]]
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples_seen / self.seconds if self.seconds > 0 else 0.0
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    def __init__(self, input_ids: list[list[int]], targets: list[Any]) -> None:
+        self.input_ids = input_ids
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[index], "labels": self.targets[index]}
+
+
+class _TrainableOnlyTrainer(Trainer):
+    """Checkpoints only the adapter and head (MBs), not the frozen base (hundreds of MBs)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model: Any = self.model
+        super()._save(output_dir, state_dict=model.trainable_state_dict())
+
+
+def _compute_metrics(mode: str) -> Any:
+    def compute(prediction: EvalPrediction) -> dict[str, float]:
+        logits = np.asarray(prediction.predictions)
+        gold = np.asarray(prediction.label_ids)
+        if mode == "single":
+            predicted = logits.argmax(axis=-1)
+            return {
+                "accuracy": float(accuracy_score(gold, predicted)),
+                "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
+            }
+        active = logits >= 0.0  # sigmoid(logit) >= 0.5
+        return {
+            "exact_match": float(accuracy_score(gold.astype(bool), active)),
+            "macro_f1": float(f1_score(gold.astype(bool), active, average="macro", zero_division=0)),
+        }
+
+    return compute
+
+
+def fit(
+    method: Any,
+    train_texts: list[str],
+    train_labels: list[Any],
+    settings: TrainSettings,
+    work_dir: Path,
+    val_texts: list[str] | None = None,
+    val_labels: list[Any] | None = None,
+    resume: bool = False,
+) -> FitResult:
+    """Train ``method`` in place on the given rows, checkpointing into ``work_dir``.
+
+    Args:
+        method: a method object from :mod:`guardtune.methods`, built on a backbone.
+        train_texts, train_labels: training rows (labels as the task defines them).
+        settings: hyper-parameters.
+        work_dir: where checkpoints go; ``resume`` continues from the newest one there.
+        val_texts, val_labels: optional validation rows, evaluated at the end of every epoch.
+
+    Raises:
+        GuardtuneError: ``resume`` with no checkpoint to resume from.
+    """
+    checkpoint = None
+    if resume:
+        checkpoint = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
+        if checkpoint is None:
+            raise GuardtuneError(f"--resume: no checkpoint in {work_dir} to resume from")
+    train_set = _RowsDataset(method.encode(train_texts), method.targets(train_labels))
+    val_set = None
+    if val_texts and val_labels:
+        val_set = _RowsDataset(method.encode(val_texts), method.targets(val_labels))
+    per_step = settings.batch_size * settings.gradient_accumulation
+    steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
+    total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
+    eval_every = min(steps_per_epoch, total_steps)
+    use_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=max(settings.batch_size, 32),
+        gradient_accumulation_steps=settings.gradient_accumulation,
+        num_train_epochs=settings.epochs,
+        max_steps=total_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,
+        lr_scheduler_type="linear",
+        eval_strategy="steps" if val_set is not None else "no",
+        eval_steps=eval_every,
+        save_strategy="steps",
+        save_steps=min(settings.save_steps, total_steps),
+        save_total_limit=2,
+        logging_steps=max(1, min(10, total_steps // 10)),
+        seed=settings.seed,
+        data_seed=settings.seed,
+        use_cpu=use_cpu,
+        report_to="none",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = _TrainableOnlyTrainer(
+        model=method,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        data_collator=DataCollatorWithPadding(method.backbone.tokenizer),
+        compute_metrics=_compute_metrics(method.task.mode),
+    )
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - started
+    method.eval()
+    first_step = 0
+    if checkpoint is not None:
+        first_step = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+    steps_run = trainer.state.global_step - first_step
+    return FitResult(
+        steps=trainer.state.global_step,
+        seconds=seconds,
+        examples_seen=steps_run * per_step,
+        train_loss=float(output.training_loss) if output.training_loss is not None else None,
+        log_history=list(trainer.state.log_history),
+    )
