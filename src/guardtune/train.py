@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
-from transformers import DataCollatorWithPadding, EvalPrediction, Trainer, TrainingArguments
+from transformers import (
+    DataCollatorWithPadding,
+    EvalPrediction,
+    ProgressCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
+
+# What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
+CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -88,12 +100,42 @@ class _RowsDataset(torch.utils.data.Dataset):
         return {"input_ids": self.input_ids[index], "labels": self.targets[index]}
 
 
+class _CompactProgress(ProgressCallback):
+    """The Trainer's progress bar, with the latest loss and validation scores on the bar itself
+    instead of a printed dict per logging step."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        bar = getattr(self, "training_bar", None)
+        if not state.is_world_process_zero or bar is None or not logs:
+            return
+        shown = {k.removeprefix("eval_"): v for k, v in logs.items() if k in _SHOWN_LOGS}
+        if shown:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items()}, refresh=False)
+
+
+_SHOWN_LOGS = {"loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "eval_exact_match"}
+
+
 class _TrainableOnlyTrainer(Trainer):
     """Checkpoints only the adapter and head (MBs), not the frozen base (hundreds of MBs)."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model: Any = self.model
         super()._save(output_dir, state_dict=model.trainable_state_dict())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        model = model or self.model
+        path = Path(resume_from_checkpoint) / CHECKPOINT_WEIGHTS
+        if not path.is_file():
+            raise GuardtuneError(f"--resume: {resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}")
+        state = load_file(str(path), device=str(next(model.parameters()).device))
+        missing = sorted(set(model.trainable_state_dict()) - set(state))
+        if missing:
+            raise GuardtuneError(
+                f"--resume: {path} lacks {len(missing)} trainable tensors (first: {missing[0]}); "
+                "was it written with other LoRA settings or another method?"
+            )
+        model.load_state_dict(state, strict=False)
 
 
 def _compute_metrics(mode: str) -> Any:
@@ -124,6 +166,7 @@ def fit(
     val_texts: list[str] | None = None,
     val_labels: list[Any] | None = None,
     resume: bool = False,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> FitResult:
     """Train ``method`` in place on the given rows, checkpointing into ``work_dir``.
 
@@ -133,6 +176,8 @@ def fit(
         settings: hyper-parameters.
         work_dir: where checkpoints go; ``resume`` continues from the newest one there.
         val_texts, val_labels: optional validation rows, evaluated at the end of every epoch.
+        resume: continue from the newest checkpoint in ``work_dir``.
+        callbacks: extra ``transformers.TrainerCallback`` objects (logging, early stopping).
 
     Raises:
         GuardtuneError: ``resume`` with no checkpoint to resume from.
@@ -185,9 +230,15 @@ def fit(
         eval_dataset=val_set,
         data_collator=DataCollatorWithPadding(method.backbone.tokenizer),
         compute_metrics=_compute_metrics(method.task.mode),
+        callbacks=callbacks,
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_CompactProgress())
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    with warnings.catch_warnings():
+        # transformers' own deprecation notice about its internals; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     method.eval()
     first_step = 0

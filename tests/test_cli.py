@@ -1,0 +1,102 @@
+"""The CLI end to end on a tiny model, and its one-line errors."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from guardtune.cli import main
+
+METRIC_KEYS = {"n", "accuracy", "micro_f1", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"}
+
+
+def run(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_synth_train_eval_predict(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_base: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "synth.csv"
+    assert run(monkeypatch, "data", "synth", "--task", "pii-intent", "--n", "90", "--seed", "1", "--out", data) == 0
+    assert len(pd.read_csv(data)) == 90
+
+    model = tmp_path / "model"
+    code = run(
+        monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", model,
+        "--base", tiny_base, "--max-steps", "4", "--batch-size", "8", "--max-length", "32", "--dtype", "fp32",
+    )
+    assert code == 0
+    assert (model / "guardtune.json").is_file()
+    manifest = json.loads((model / "guardtune.json").read_text())
+    assert manifest["method"] == "head" and manifest["base"] == tiny_base
+    assert manifest["training"]["counts"]["train"]["none"] > 0
+
+    report = tmp_path / "report"
+    assert run(monkeypatch, "eval", "--model", model, "--data", data, "--out", report) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics) and metrics["n"] == 90
+    for name in ("report.md", "confusion_matrix.png", "precision_recall.png", "errors.csv"):
+        assert (report / name).stat().st_size > 0
+    errors = pd.read_csv(report / "errors.csv")
+    assert len(errors) == round((1 - metrics["accuracy"]) * 90)
+
+    inputs = tmp_path / "in.jsonl"
+    pd.DataFrame({"text": ["whats ur snap?", "gg"], "id": [7, 8]}).to_json(inputs, orient="records", lines=True)
+    out = tmp_path / "out.csv"
+    assert run(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", out) == 0
+    predicted = pd.read_csv(out)
+    assert list(predicted.columns) == ["text", "id", "label", "score_none", "score_asking", "score_giving"]
+    assert predicted["label"].isin(["none", "asking", "giving"]).all()
+    sums = predicted[["score_none", "score_asking", "score_giving"]].sum(axis=1)
+    assert (abs(sums - 1) < 1e-4).all()
+
+    # An existing output directory is not overwritten by accident.
+    capsys.readouterr()
+    again = run(monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", model, "--base", tiny_base)
+    assert again == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "--task", "nope", "--train", "x.csv", "--out", "m"], "no such task file and not a built-in task"),
+        (["eval", "--model", "absent-dir", "--data", "x.csv", "--out", "r"], "absent-dir: no such model directory"),
+        (["data", "synth", "--task", "moderation", "--n", "5", "--out", "x.csv"], "moderation"),
+        (["validate", "missing.yaml"], "missing.yaml: no such task file"),
+        (["train", "--task", "pii-intent", "--train", "x.csv", "--out", "m", "--epochs", "0"], "--epochs: expected a positive number"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.csv").write_text("text,label\nhi,none\n")
+    assert run(monkeypatch, *args) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:")
+    assert expected in err
+    assert len(err.splitlines()) == 1
+
+
+def test_train_with_bad_label_leaves_no_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_base: str) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("text,label\nhello,none\nwhats ur snap,askin\n")
+    assert run(monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", tmp_path / "m", "--base", tiny_base) == 1
+    assert "bad.csv: row 3: unknown label 'askin'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
+
+
+def test_validate_and_methods_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(monkeypatch, "validate", "pii-categories") == 0
+    assert "OK (multi-label" in capsys.readouterr().out
+    assert run(monkeypatch, "methods") == 0
+    assert "head" in capsys.readouterr().out

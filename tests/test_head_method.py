@@ -1,0 +1,153 @@
+"""The head method on a tiny random model: learning, save/load, dual path, resume."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from guardtune.api import Classifier, train
+from guardtune.backbone import load_backbone
+from guardtune.data.readers import load_examples
+from guardtune.methods import LoraSettings, get_method
+from guardtune.methods.head import last_token_states
+from guardtune.task import load_task
+from guardtune.train import TrainSettings, fit
+
+TASK = load_task("pii-intent")
+FAST = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("runs") / "toy"
+    return train(TASK, toy_files["train"], out, val_path=toy_files["val"], base=tiny_base, settings=FAST)
+
+
+def test_separable_toy_task_is_learned(trained, toy_files: dict[str, Path]) -> None:
+    rows = load_examples(toy_files["test"], TASK)
+    predictions = trained.classifier.predict(rows.texts)
+    accuracy = np.mean([p.label == gold for p, gold in zip(predictions, rows.labels, strict=True)])
+    assert accuracy >= 0.9  # chance is 1/3
+
+
+def test_model_directory_holds_the_contract_files(trained) -> None:
+    names = {p.name for p in trained.directory.iterdir()}
+    assert {"guardtune.json", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "README.md"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+    assert not trained.directory.with_name(trained.directory.name + ".incomplete").exists()
+    card = (trained.directory / "README.md").read_text()
+    for fragment in ("base model", "LoRA", "Data (rows per label)", "Evaluation: validation", "Classifier.load"):
+        assert fragment in card
+
+
+def test_save_then_load_gives_identical_scores(trained, toy_files: dict[str, Path]) -> None:
+    texts = load_examples(toy_files["test"], TASK).texts
+    before = trained.classifier.predict_proba(texts)
+    reloaded = Classifier.load(trained.directory, dtype="fp32")
+    np.testing.assert_allclose(reloaded.predict_proba(texts), before, rtol=0, atol=1e-6)
+    assert reloaded.predict(texts[0]).label == trained.classifier.predict(texts[0]).label
+
+
+def test_predict_returns_labels_with_scores_and_proba_matrix(trained) -> None:
+    one = trained.classifier.predict("whats ur number")
+    assert one.label in TASK.label_names
+    assert set(one.scores) == set(TASK.label_names)
+    matrix = trained.classifier.predict_proba(["gg", "my mail is here", "where do u live"])
+    assert matrix.shape == (3, 3)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_adapter_disabled_is_exactly_the_base_model(tiny_base: str, trained) -> None:
+    classifier = Classifier.load(trained.directory, dtype="fp32")
+    plain = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+    ids = classifier.method.backbone.tokenizer(["whats ur snap", "gg nice"], return_tensors="pt", padding=True)
+    peft_model = classifier.method.peft_model
+    with torch.inference_mode():
+        with peft_model.disable_adapter():
+            guarded_off = peft_model(**ids).logits
+        adapted = peft_model(**ids).logits
+        base = plain(**ids).logits
+    torch.testing.assert_close(guarded_off, base, rtol=0, atol=0)
+    assert not torch.allclose(adapted, base)  # the trained adapter does change the model
+
+
+def test_last_token_pooling_handles_left_and_right_padding() -> None:
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert last_token_states(hidden, right).flatten().tolist() == [1.0, 7.0]
+    assert last_token_states(hidden, left).flatten().tolist() == [3.0, 7.0]
+
+
+def test_multi_label_head_trains_with_positive_weights(tiny_base: str, tmp_path: Path) -> None:
+    task = load_task("pii-categories")
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    method = get_method("head").create(backbone, task, LoraSettings(r=4), 32, [["S1"], [], ["S1", "S3"], []])
+    assert method.pos_weight.tolist() == [1.0, 1.0, 3.0, 1.0, 1.0]  # S1: 2 neg / 2 pos, S3: 3 / 1
+    texts = ["my name is x", "gg", "call me now", "nice map"] * 8
+    labels = [["S1"], [], ["S1", "S3"], []] * 8
+    settings = TrainSettings(max_steps=3, batch_size=8, max_length=16, dtype="fp32")
+    result = fit(method, texts, labels, settings, tmp_path / "work")
+    assert result.steps == 3
+    scores = method.scores(**_batch(method, texts[:4]))
+    assert scores.shape == (4, 5)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def _batch(method, texts):
+    from guardtune.infer import pad_batch
+
+    return pad_batch(method.backbone.tokenizer, method.encode(texts), method.backbone.device)
+
+
+class _Interrupt(TrainerCallback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def _trainable(method) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in method.trainable_state_dict().items()}
+
+
+def test_resume_continues_where_it_stopped(tiny_base: str, toy_files: dict[str, Path], tmp_path: Path) -> None:
+    rows = load_examples(toy_files["train"], TASK)
+    settings = TrainSettings(max_steps=6, save_steps=3, batch_size=8, max_length=32, seed=5, dtype="fp32")
+
+    def fresh():
+        torch.manual_seed(settings.seed)
+        backbone = load_backbone(tiny_base, dtype="fp32")
+        return get_method("head").create(backbone, TASK, settings.lora, settings.max_length)
+
+    straight = fresh()
+    fit(straight, rows.texts, rows.labels, settings, tmp_path / "straight")
+
+    interrupted = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, rows.texts, rows.labels, settings, tmp_path / "resumed", callbacks=[_Interrupt(4)])
+    checkpoint = tmp_path / "resumed" / "checkpoint-3"
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert all("lora_" in k or k.startswith("classifier.") for k in saved)  # only trainable parts
+
+    resumed = fresh()
+    result = fit(resumed, rows.texts, rows.labels, settings, tmp_path / "resumed", resume=True)
+    assert result.steps == 6
+    assert result.examples_seen == 3 * 8  # only steps 4..6 ran again
+    expected = _trainable(straight)
+    for name, tensor in _trainable(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_base: str, tmp_path: Path) -> None:
+    from guardtune.errors import GuardtuneError
+
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
+    with pytest.raises(GuardtuneError, match="no checkpoint"):
+        fit(method, ["a"], ["none"], TrainSettings(max_steps=1), tmp_path / "nothing", resume=True)
