@@ -14,7 +14,18 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenize
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 WORDS = {
     "none": ["game", "fun", "score", "level", "map", "nice", "gg", "tower", "win", "play"],
-    "asking": ["what", "whats", "your", "ur", "number", "email", "snap", "address", "where", "live"],
+    "asking": [
+        "what",
+        "whats",
+        "your",
+        "ur",
+        "number",
+        "email",
+        "snap",
+        "address",
+        "where",
+        "live",
+    ],
     "giving": ["my", "is", "call", "me", "at", "mail", "street", "phone", "here", "reach"],
 }
 
@@ -38,13 +49,19 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=400,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus, trainer)
     bos = tok.token_to_id("<bos>")
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
 
 

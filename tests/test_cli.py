@@ -9,7 +9,15 @@ import pytest
 
 from guardtune.cli import main
 
-METRIC_KEYS = {"n", "accuracy", "micro_f1", "macro_f1", "weighted_f1", "per_class", "confusion_matrix"}
+METRIC_KEYS = {
+    "n",
+    "accuracy",
+    "micro_f1",
+    "macro_f1",
+    "weighted_f1",
+    "per_class",
+    "confusion_matrix",
+}
 
 
 def run(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -22,16 +30,50 @@ def run(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
 
 
 def test_synth_train_eval_predict(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_base: str, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tiny_base: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = tmp_path / "synth.csv"
-    assert run(monkeypatch, "data", "synth", "--task", "pii-intent", "--n", "90", "--seed", "1", "--out", data) == 0
+    assert (
+        run(
+            monkeypatch,
+            "data",
+            "synth",
+            "--task",
+            "pii-intent",
+            "--n",
+            "90",
+            "--seed",
+            "1",
+            "--out",
+            data,
+        )
+        == 0
+    )
     assert len(pd.read_csv(data)) == 90
 
     model = tmp_path / "model"
     code = run(
-        monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", model,
-        "--base", tiny_base, "--max-steps", "4", "--batch-size", "8", "--max-length", "32", "--dtype", "fp32",
+        monkeypatch,
+        "train",
+        "--task",
+        "pii-intent",
+        "--train",
+        data,
+        "--out",
+        model,
+        "--base",
+        tiny_base,
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--max-length",
+        "32",
+        "--dtype",
+        "fp32",
     )
     assert code == 0
     assert (model / "guardtune.json").is_file()
@@ -42,25 +84,45 @@ def test_synth_train_eval_predict(
     report = tmp_path / "report"
     assert run(monkeypatch, "eval", "--model", model, "--data", data, "--out", report) == 0
     metrics = json.loads((report / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(metrics) and metrics["n"] == 90
+    assert set(metrics) >= METRIC_KEYS and metrics["n"] == 90
     for name in ("report.md", "confusion_matrix.png", "precision_recall.png", "errors.csv"):
         assert (report / name).stat().st_size > 0
     errors = pd.read_csv(report / "errors.csv")
     assert len(errors) == round((1 - metrics["accuracy"]) * 90)
 
     inputs = tmp_path / "in.jsonl"
-    pd.DataFrame({"text": ["whats ur snap?", "gg"], "id": [7, 8]}).to_json(inputs, orient="records", lines=True)
+    pd.DataFrame({"text": ["whats ur snap?", "gg"], "id": [7, 8]}).to_json(
+        inputs, orient="records", lines=True
+    )
     out = tmp_path / "out.csv"
     assert run(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", out) == 0
     predicted = pd.read_csv(out)
-    assert list(predicted.columns) == ["text", "id", "label", "score_none", "score_asking", "score_giving"]
+    assert list(predicted.columns) == [
+        "text",
+        "id",
+        "label",
+        "score_none",
+        "score_asking",
+        "score_giving",
+    ]
     assert predicted["label"].isin(["none", "asking", "giving"]).all()
     sums = predicted[["score_none", "score_asking", "score_giving"]].sum(axis=1)
     assert (abs(sums - 1) < 1e-4).all()
 
     # An existing output directory is not overwritten by accident.
     capsys.readouterr()
-    again = run(monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", model, "--base", tiny_base)
+    again = run(
+        monkeypatch,
+        "train",
+        "--task",
+        "pii-intent",
+        "--train",
+        data,
+        "--out",
+        model,
+        "--base",
+        tiny_base,
+    )
     assert again == 1
     assert "already exists" in capsys.readouterr().err
 
@@ -68,15 +130,28 @@ def test_synth_train_eval_predict(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["train", "--task", "nope", "--train", "x.csv", "--out", "m"], "no such task file and not a built-in task"),
-        (["eval", "--model", "absent-dir", "--data", "x.csv", "--out", "r"], "absent-dir: no such model directory"),
+        (
+            ["train", "--task", "nope", "--train", "x.csv", "--out", "m"],
+            "no such task file and not a built-in task",
+        ),
+        (
+            ["eval", "--model", "absent-dir", "--data", "x.csv", "--out", "r"],
+            "absent-dir: no such model directory",
+        ),
         (["data", "synth", "--task", "moderation", "--n", "5", "--out", "x.csv"], "moderation"),
         (["validate", "missing.yaml"], "missing.yaml: no such task file"),
-        (["train", "--task", "pii-intent", "--train", "x.csv", "--out", "m", "--epochs", "0"], "--epochs: expected a positive number"),
+        (
+            ["train", "--task", "pii-intent", "--train", "x.csv", "--out", "m", "--epochs", "0"],
+            "--epochs: expected a positive number",
+        ),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    expected: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.csv").write_text("text,label\nhi,none\n")
@@ -87,16 +162,54 @@ def test_bad_input_exits_non_zero_with_one_line(
     assert len(err.splitlines()) == 1
 
 
-def test_train_with_bad_label_leaves_no_output(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], tiny_base: str) -> None:
+def test_train_with_bad_label_leaves_no_output(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    tiny_base: str,
+) -> None:
     data = tmp_path / "bad.csv"
     data.write_text("text,label\nhello,none\nwhats ur snap,askin\n")
-    assert run(monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", tmp_path / "m", "--base", tiny_base) == 1
+    assert (
+        run(
+            monkeypatch,
+            "train",
+            "--task",
+            "pii-intent",
+            "--train",
+            data,
+            "--out",
+            tmp_path / "m",
+            "--base",
+            tiny_base,
+        )
+        == 1
+    )
     assert "bad.csv: row 3: unknown label 'askin'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
 
-def test_validate_and_methods_list(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_and_methods_list(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(monkeypatch, "validate", "pii-categories") == 0
     assert "OK (multi-label" in capsys.readouterr().out
     assert run(monkeypatch, "methods") == 0
     assert "head" in capsys.readouterr().out
+
+
+def test_data_split_and_stats(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "all.csv"
+    assert run(monkeypatch, "data", "synth", "--task", "pii-categories", "--n", "200", "--out", data) == 0
+    assert (
+        run(monkeypatch, "data", "split", "--task", "pii-categories", "--data", data, "--out", tmp_path / "s")
+        == 0
+    )
+    sizes = {name: len(pd.read_csv(tmp_path / "s" / f"{name}.csv")) for name in ("train", "val", "test")}
+    assert sizes == {"train": 160, "val": 20, "test": 20}
+    capsys.readouterr()
+    assert run(monkeypatch, "data", "stats", "--task", "pii-categories", "--data", data) == 0
+    printed = capsys.readouterr().out
+    assert "S5" in printed and "safe" in printed and "200 rows" in printed

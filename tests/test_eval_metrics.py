@@ -138,17 +138,13 @@ def test_multi_label_known_values(multi: dict) -> None:
         ],
     }
     s2 = multi["per_class"]["S2"]
-    assert (s2["precision"], s2["recall"], s2["f1"], s2["support"]) == pytest.approx(
-        (2 / 3, 1, 0.8, 2)
-    )
+    assert (s2["precision"], s2["recall"], s2["f1"], s2["support"]) == pytest.approx((2 / 3, 1, 0.8, 2))
     assert multi["per_class"]["S1"]["auprc"] == pytest.approx(1.0)
     assert multi["per_class"]["S4"]["auprc"] is None
 
 
 def test_multi_label_without_safe_or_multi_violation_rows_gives_none() -> None:
-    metrics = multi_label_metrics(
-        ["x", "y"], [["x"], ["y"]], [["x"], []], np.array([[0.9, 0.1]] * 2)
-    )
+    metrics = multi_label_metrics(["x", "y"], [["x"], ["y"]], [["x"], []], np.array([[0.9, 0.1]] * 2))
     assert metrics["fpr"] is None
     assert metrics["f1_multiple_violations"] is None
     assert metrics["f1_single_violation"] == pytest.approx(0.5)  # x F1 1, y F1 0
@@ -162,9 +158,7 @@ def test_safe_unsafe_fpr_any_label_order() -> None:
         metrics = single_label_metrics(labels, y_true, y_pred, scores)
         assert set(metrics) == BASE_KEYS | {"fpr"}
         assert metrics["fpr"] == pytest.approx(1 / 4)
-    only_unsafe = single_label_metrics(
-        ["safe", "unsafe"], ["unsafe"], ["safe"], np.array([[0.6, 0.4]])
-    )
+    only_unsafe = single_label_metrics(["safe", "unsafe"], ["unsafe"], ["safe"], np.array([[0.6, 0.4]]))
     assert only_unsafe["fpr"] is None
 
 

@@ -35,11 +35,23 @@ def test_separable_toy_task_is_learned(trained, toy_files: dict[str, Path]) -> N
 
 def test_model_directory_holds_the_contract_files(trained) -> None:
     names = {p.name for p in trained.directory.iterdir()}
-    assert {"guardtune.json", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "README.md"} <= names
+    assert {
+        "guardtune.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "head.safetensors",
+        "README.md",
+    } <= names
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
     assert not trained.directory.with_name(trained.directory.name + ".incomplete").exists()
     card = (trained.directory / "README.md").read_text()
-    for fragment in ("base model", "LoRA", "Data (rows per label)", "Evaluation: validation", "Classifier.load"):
+    for fragment in (
+        "base model",
+        "LoRA",
+        "Data (rows per label)",
+        "Evaluation: validation",
+        "Classifier.load",
+    ):
         assert fragment in card
 
 
@@ -63,7 +75,9 @@ def test_predict_returns_labels_with_scores_and_proba_matrix(trained) -> None:
 def test_adapter_disabled_is_exactly_the_base_model(tiny_base: str, trained) -> None:
     classifier = Classifier.load(trained.directory, dtype="fp32")
     plain = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
-    ids = classifier.method.backbone.tokenizer(["whats ur snap", "gg nice"], return_tensors="pt", padding=True)
+    ids = classifier.method.backbone.tokenizer(
+        ["whats ur snap", "gg nice"], return_tensors="pt", padding=True
+    )
     peft_model = classifier.method.peft_model
     with torch.inference_mode():
         with peft_model.disable_adapter():
@@ -116,7 +130,9 @@ def _trainable(method) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in method.trainable_state_dict().items()}
 
 
-def test_resume_continues_where_it_stopped(tiny_base: str, toy_files: dict[str, Path], tmp_path: Path) -> None:
+def test_resume_continues_where_it_stopped(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
     rows = load_examples(toy_files["train"], TASK)
     settings = TrainSettings(max_steps=6, save_steps=3, batch_size=8, max_length=32, seed=5, dtype="fp32")
 
@@ -130,7 +146,14 @@ def test_resume_continues_where_it_stopped(tiny_base: str, toy_files: dict[str, 
 
     interrupted = fresh()
     with pytest.raises(KeyboardInterrupt):
-        fit(interrupted, rows.texts, rows.labels, settings, tmp_path / "resumed", callbacks=[_Interrupt(4)])
+        fit(
+            interrupted,
+            rows.texts,
+            rows.labels,
+            settings,
+            tmp_path / "resumed",
+            callbacks=[_Interrupt(4)],
+        )
     checkpoint = tmp_path / "resumed" / "checkpoint-3"
     saved = load_file(str(checkpoint / "model.safetensors"))
     assert all("lora_" in k or k.startswith("classifier.") for k in saved)  # only trainable parts

@@ -42,16 +42,32 @@ def test_multi_label_cells_are_parsed_in_task_order(tmp_path: Path) -> None:
     path = _csv(tmp_path, 'text,labels\na,"S3, S1"\nb,\nc,safe\n')
     rows = load_examples(path, task)
     assert rows.labels == [["S1", "S3"], [], []]
-    assert label_counts(task, rows.labels) == {"S1": 1, "S2": 0, "S3": 1, "S4": 0, "S5": 0, "safe": 2}
+    assert label_counts(task, rows.labels) == {
+        "S1": 1,
+        "S2": 0,
+        "S3": 1,
+        "S4": 0,
+        "S5": 0,
+        "safe": 2,
+    }
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
         ("message,label\nhi,none\n", "missing text column 'text' (found columns: message, label)"),
-        ("text,labl\nhi,none\n", "missing label column 'label' (found columns: text, labl); did you mean 'labl'?"),
-        ("text,label\nhi,none\nyo,maybe\n", "row 3: unknown label 'maybe' in column 'label' (expected one of: none, asking, giving)"),
-        ("text,label\nhi,none\n  ,asking\n", "row 3: empty text in text (expected a non-empty message)"),
+        (
+            "text,labl\nhi,none\n",
+            "missing label column 'label' (found columns: text, labl); did you mean 'labl'?",
+        ),
+        (
+            "text,label\nhi,none\nyo,maybe\n",
+            "row 3: unknown label 'maybe' in column 'label' (expected one of: none, asking, giving)",
+        ),
+        (
+            "text,label\nhi,none\n  ,asking\n",
+            "row 3: empty text in text (expected a non-empty message)",
+        ),
         ("text,label\n", "no data rows"),
         ("", "the file is empty"),
     ],
@@ -71,7 +87,7 @@ def test_non_utf8_unsupported_and_missing_files(tmp_path: Path) -> None:
     latin.write_bytes("text,label\ncaf\xe9,none\n".encode("latin-1"))
     with pytest.raises(GuardtuneError, match="not UTF-8"):
         load_examples(latin, PII)
-    with pytest.raises(GuardtuneError, match="unsupported file type '.xlsx'"):
+    with pytest.raises(GuardtuneError, match=r"unsupported file type '\.xlsx'"):
         load_examples(tmp_path / "data.xlsx", PII)
     with pytest.raises(GuardtuneError, match="no such file"):
         load_examples(tmp_path / "absent.csv", PII)

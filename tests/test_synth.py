@@ -146,9 +146,7 @@ def test_category_templates_match_their_codes(split: Split) -> None:
 
 @pytest.mark.parametrize("task", SYNTH_TASKS)
 @pytest.mark.parametrize("split", SPLITS)
-def test_low_duplicate_rate(
-    frames: dict[tuple[str, str], pd.DataFrame], task: str, split: Split
-) -> None:
+def test_low_duplicate_rate(frames: dict[tuple[str, str], pd.DataFrame], task: str, split: Split) -> None:
     assert frames[task, split]["text"].duplicated().mean() < 0.01
 
 

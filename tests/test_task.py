@@ -25,7 +25,12 @@ def test_task_file_reports_every_problem_at_once(tmp_path: Path) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert str(path) in message
-    for fragment in ("unknown key 'colour'", "name:", "mode: expected 'single' or 'multi'", "labels:"):
+    for fragment in (
+        "unknown key 'colour'",
+        "name:",
+        "mode: expected 'single' or 'multi'",
+        "labels:",
+    ):
         assert fragment in message
 
 

@@ -58,9 +58,7 @@ class Classifier:
         self.directory = directory
 
     @classmethod
-    def load(
-        cls, directory: str | Path, dtype: str = "auto", backbone: Backbone | None = None
-    ) -> Classifier:
+    def load(cls, directory: str | Path, dtype: str = "auto", backbone: Backbone | None = None) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
         Args:
@@ -87,7 +85,9 @@ class Classifier:
         """Label names, in the column order of :meth:`predict_proba`."""
         return self.task.label_names
 
-    def predict_proba(self, texts: str | list[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def predict_proba(
+        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
         """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
 
         Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
@@ -230,7 +230,7 @@ def _subset(rows: Examples, indices: np.ndarray) -> Examples:
     labels = rows.labels
     return Examples(
         texts=[rows.texts[i] for i in indices],
-        labels=[labels[i] for i in indices] if labels is not None else None,  # type: ignore[misc]
+        labels=[labels[i] for i in indices] if labels is not None else None,
         frame=rows.frame.iloc[indices].reset_index(drop=True),
         source=rows.source,
     )

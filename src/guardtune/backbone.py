@@ -110,12 +110,18 @@ def _embedded_gguf(base: EmbeddedBase) -> Path:
     return Path(package.assemble())
 
 
-def _gguf_cache_dir(gguf_path: Path, key: str | None) -> Path:
-    if key is None:
-        stat = gguf_path.stat()
-        key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root() / "bases" / f"{gguf_path.stem}-{digest}"
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _gguf_cache_dir(gguf_path: Path, sha256: str | None) -> Path:
+    # Keyed by content, so the same weights reached by another path reuse one conversion.
+    digest = (sha256 or _file_sha256(gguf_path))[:16]
+    return cache_root() / "bases" / f"gguf-{digest}"
 
 
 @contextlib.contextmanager
@@ -143,9 +149,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
         _quiet_loading(),
     ):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(
-                str(gguf_path.parent), gguf_file=gguf_path.name
-            )
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
             model = AutoModelForCausalLM.from_pretrained(
                 str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16
             )
@@ -154,7 +158,7 @@ def convert_gguf(gguf_path: Path, cache_dir: Path) -> Path:
             raise GuardtuneError(f"{gguf_path}: cannot load as a GGUF model: {reason}") from exc
         # save_pretrained refuses a model that still carries its GGUF quantizer; the weights are
         # already de-quantised, so dropping it saves plain bf16 tensors.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         with atomic_dir(cache_dir, overwrite=True) as tmp:
@@ -169,12 +173,12 @@ def resolve_base_dir(base: str) -> Path | str:
     if base in EMBEDDED_BASES:
         spec = EMBEDDED_BASES[base]
         gguf_path = _embedded_gguf(spec)
-        return convert_gguf(gguf_path, _gguf_cache_dir(gguf_path, key=spec.sha256))
+        return convert_gguf(gguf_path, _gguf_cache_dir(gguf_path, spec.sha256))
     path = Path(base).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise GuardtuneError(f"--base {base}: no such GGUF file")
-        return convert_gguf(path, _gguf_cache_dir(path, key=None))
+        return convert_gguf(path, _gguf_cache_dir(path, None))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise GuardtuneError(
@@ -213,5 +217,5 @@ def load_backbone(base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto") -> 
         tokenizer.pad_token = tokenizer.eos_token
     model.requires_grad_(False)
     model.eval()
-    model.to(device_for_inference())
+    model.to(device_for_inference())  # type: ignore[arg-type]
     return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from guardtune.backbone import DEFAULT_BASE
 from guardtune.errors import GuardtuneError
@@ -59,6 +60,58 @@ def data_synth(
     column = frame.columns[1]
     counts = frame[column].replace("", "(none)").value_counts().to_dict()
     out.print(f"Wrote {len(frame)} rows to {out_file}: {counts}")
+
+
+@data_app.command("split")
+def data_split(
+    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for train / val / test files.")],
+    val: Annotated[float, typer.Option(help="Validation share.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Test share.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Split a labelled file into stratified train / val / test files of the same format."""
+    from guardtune.data.readers import label_counts, load_examples
+    from guardtune.data.splits import stratified_split
+    from guardtune.data.writers import write_table
+    from guardtune.task import load_task
+
+    spec = load_task(task)
+    rows = load_examples(data, spec)
+    assert rows.labels is not None
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise GuardtuneError(f"--val {val} --test {test}: expected shares in [0, 1) that sum below 1")
+    parts = stratified_split(rows.labels, (1 - val - test, val, test), seed=seed)
+    table = Table("split", "rows", *label_counts(spec, rows.labels))
+    for name, indices in zip(("train", "val", "test"), parts, strict=True):
+        if len(indices) == 0:
+            continue
+        write_table(rows.frame.iloc[indices], out_dir / f"{name}{data.suffix}")
+        counts = label_counts(spec, [rows.labels[i] for i in indices])
+        table.add_row(name, str(len(indices)), *map(str, counts.values()))
+    out.print(table)
+    out.print(f"Wrote the splits to {out_dir}")
+
+
+@data_app.command("stats")
+def data_stats(
+    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+) -> None:
+    """Check a labelled file against a task and print rows per label."""
+    from guardtune.data.readers import label_counts, load_examples
+    from guardtune.task import load_task
+
+    spec = load_task(task)
+    rows = load_examples(data, spec)
+    assert rows.labels is not None
+    counts = label_counts(spec, rows.labels)
+    table = Table("label", "rows", "share")
+    for label, count in counts.items():
+        table.add_row(label, str(count), f"{count / len(rows):.1%}")
+    out.print(table)
+    out.print(f"{len(rows)} rows in {data}, all valid for task {spec.name}", soft_wrap=True)
 
 
 @app.command()
@@ -125,12 +178,13 @@ def eval_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
-    from guardtune.api import evaluate
+    from guardtune.api import Classifier, evaluate
     from guardtune.eval import metrics_rich_table
 
-    metrics = evaluate(model, data, out_dir)
+    metrics = evaluate(Classifier.load(model, dtype=dtype), data, out_dir)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
     out.print(f"Report: {out_dir / 'report.md'}")
 
@@ -141,13 +195,14 @@ def predict(
     data: Annotated[Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet).")],
     out_file: Annotated[Path, typer.Option("--out", help="Output file (CSV, JSONL, Parquet).")],
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
     from guardtune.api import Classifier
     from guardtune.data.readers import load_examples
     from guardtune.data.writers import predictions_frame, write_table
 
-    classifier = Classifier.load(model)
+    classifier = Classifier.load(model, dtype=dtype)
     rows = load_examples(data, classifier.task, require_labels=False)
     scores = classifier.predict_proba(rows.texts, batch_size=batch_size, progress=True)
     frame = predictions_frame(rows.frame, classifier.task, scores)

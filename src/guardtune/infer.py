@@ -37,9 +37,10 @@ def predict_scores(
     was_training = method.training
     method.eval()
     try:
-        with torch.inference_mode(), tqdm(
-            total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False) as bar,
+        ):
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
                 batch = pad_batch(method.backbone.tokenizer, [encoded[i] for i in chunk], device)

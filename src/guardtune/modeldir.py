@@ -68,8 +68,7 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise GuardtuneError(f"{directory}: no such model directory")
     if not path.is_file():
         raise GuardtuneError(
-            f"{directory}: not a guardtune model directory (no {MANIFEST}; train one with "
-            "`guardtune train`)"
+            f"{directory}: not a guardtune model directory (no {MANIFEST}; train one with `guardtune train`)"
         )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))

@@ -20,7 +20,6 @@ from guardtune.data.synth import generate
 from guardtune.data.writers import write_table
 from guardtune.eval import metrics_rich_table
 from guardtune.eval.model_card import model_card_text
-from guardtune.task import load_task
 from guardtune.train import TrainSettings
 
 TASK = "pii-intent"
@@ -42,7 +41,11 @@ def _write_data(data_dir: Path, seed: int) -> dict[str, Path]:
 
 
 def run_quickstart(
-    out_dir: Path, max_steps: int = 120, seed: int = 0, base: str = "gemma-3-270m", console: Console | None = None
+    out_dir: Path,
+    max_steps: int = 120,
+    seed: int = 0,
+    base: str = "gemma-3-270m",
+    console: Console | None = None,
 ) -> dict[str, dict]:
     """Run the quickstart into ``out_dir``; returns the test and check metrics."""
     console = console or Console()
@@ -51,7 +54,8 @@ def run_quickstart(
     console.rule("[bold]guardtune quickstart")
     console.print(f"1/5 Loading the base model [bold]{base}[/bold]")
     backbone = load_backbone(base)
-    console.print(f"    dtype {backbone.dtype}, {sum(p.numel() for p in backbone.model.parameters()) / 1e6:.0f}M parameters")
+    n_params = sum(p.numel() for p in backbone.model.parameters())
+    console.print(f"    dtype {backbone.dtype}, {n_params / 1e6:.0f}M parameters")
 
     console.print(f"2/5 Generating synthetic {TASK} chat data")
     paths = _write_data(out_dir / "data", seed)
@@ -76,14 +80,21 @@ def run_quickstart(
 
     console.print("4/5 Evaluating")
     results = {}
-    for split, title in (("test", "held-out test split"), ("check", "check set (unseen templates)")):
+    for split, title in (
+        ("test", "held-out test split"),
+        ("check", "check set (unseen templates)"),
+    ):
         results[split] = evaluate(
             classifier, paths[split], out_dir / "reports" / split, title=f"{TASK}: {title}"
         )
         console.print(metrics_rich_table(results[split], title=title))
     card = model_card_text(
         classifier.manifest,
-        {"validation": report.val_metrics or {}, "test split": results["test"], "check set": results["check"]},
+        {
+            "validation": report.val_metrics or {},
+            "test split": results["test"],
+            "check set": results["check"],
+        },
     )
     with atomic_file(out_dir / "model" / "README.md") as tmp:
         tmp.write_text(card, encoding="utf-8")
@@ -93,7 +104,9 @@ def run_quickstart(
     predictions = classifier.predict(EXAMPLES)
     assert isinstance(predictions, list)
     for text, prediction in zip(EXAMPLES, predictions, strict=True):
-        table.add_row(text, str(prediction.label), *(f"{prediction.scores[n]:.3f}" for n in classifier.labels))
+        table.add_row(
+            text, str(prediction.label), *(f"{prediction.scores[n]:.3f}" for n in classifier.labels)
+        )
     console.print(table)
 
     elapsed = time.perf_counter() - started
@@ -105,9 +118,9 @@ def run_quickstart(
     console.print(
         "\n[bold]Use the model[/bold]\n"
         f"  guardtune predict --model {model_dir} --data messages.csv --out predictions.csv\n"
-        f"  guardtune eval --model {model_dir} --data {paths['check']} --out {out_dir / 'reports' / 'again'}\n"
+        f"  guardtune eval --model {model_dir} --data {paths['check']} --out {out_dir / 'my-report'}\n"
         "  python -c 'from guardtune import Classifier; "
-        f"print(Classifier.load(\"{model_dir}\").predict(\"whats ur snap?\"))'\n"
+        f'print(Classifier.load("{model_dir}").predict("whats ur snap?"))\'\n'
         f"Model card: {model_dir / 'README.md'}   Reports: {out_dir / 'reports'}"
     )
     return results

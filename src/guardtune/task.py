@@ -83,7 +83,7 @@ class TaskSpec:
             del data["instruction"]
         return data
 
-    def decide(self, scores: np.ndarray) -> list[str] | list[list[str]]:
+    def decide(self, scores: np.ndarray) -> list[Any]:
         """Apply the policy to a ``(rows, labels)`` score matrix.
 
         Returns:
@@ -116,9 +116,7 @@ def builtin_tasks() -> dict[str, Path]:
     """Built-in task names mapped to their YAML files (the registry is the ``tasks`` folder)."""
     folder = files("guardtune").joinpath("tasks")
     return {
-        Path(str(entry)).stem: Path(str(entry))
-        for entry in folder.iterdir()
-        if str(entry).endswith(".yaml")
+        Path(str(entry)).stem: Path(str(entry)) for entry in folder.iterdir() if str(entry).endswith(".yaml")
     }
 
 

@@ -67,9 +67,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     try:
         if kind == "csv":
             sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(
-                path, dtype=str, keep_default_na=False, encoding="utf-8", sep=sep
-            )
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", sep=sep)
         elif kind == "jsonl":
             frame = _read_jsonl(path)
         else:

@@ -845,9 +845,7 @@ _FILLERS: dict[str, Filler] = {
     "zip": lambda fake, rng: str(fake.zipcode()),
     "user": _username,
     "social": _pick(_SOCIALS),
-    "age": lambda fake, rng: str(
-        rng.randint(10, 19) if rng.random() < 0.8 else rng.randint(20, 35)
-    ),
+    "age": lambda fake, rng: str(rng.randint(10, 19) if rng.random() < 0.8 else rng.randint(20, 35)),
     "grade": _pick(_GRADES),
     "school": _school,
     "bday": _bday,
@@ -1143,9 +1141,7 @@ def _generate_intent(n: int, split: str, rng: random.Random, fake: Faker) -> pd.
 
 
 def _codes(templates: list[str]) -> str:
-    found = {
-        _FIELD_CATEGORY[f] for t in templates for f in template_fields(t) if f in _FIELD_CATEGORY
-    }
+    found = {_FIELD_CATEGORY[f] for t in templates for f in template_fields(t) if f in _FIELD_CATEGORY}
     return ",".join(code for code in CATEGORY_CODES if code in found)
 
 

@@ -170,9 +170,7 @@ def _present(labels: list[str], true_ind: np.ndarray, pred_ind: np.ndarray) -> l
 
 def _averaged_f1(y_true: Any, y_pred: Any, sk_labels: list[Any]) -> dict[str, float]:
     return {
-        f"{average}_f1": f1_score(
-            y_true, y_pred, labels=sk_labels, average=average, zero_division=0
-        )
+        f"{average}_f1": f1_score(y_true, y_pred, labels=sk_labels, average=average, zero_division=0)
         for average in ("micro", "macro", "weighted")
     }
 

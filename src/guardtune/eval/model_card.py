@@ -68,9 +68,7 @@ def model_card_text(manifest: Any, metrics_by_split: dict[str, dict[str, Any]]) 
         "`adapter_model.safetensors`); the classification head is `head.safetensors`. Nothing in "
         "this directory is pickled."
     )
-    sections.append(
-        "## Versions\n\n" + ", ".join(f"{k} {v}" for k, v in manifest.versions.items())
-    )
+    sections.append("## Versions\n\n" + ", ".join(f"{k} {v}" for k, v in manifest.versions.items()))
     return "\n\n".join(sections) + "\n"
 
 

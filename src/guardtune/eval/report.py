@@ -46,9 +46,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     matrix = np.asarray(cm["matrix"], dtype=int)
     parts += ["## Confusion matrix", ""]
     if matrix.ndim == 3:
-        rows = [
-            [label, *(str(v) for v in m.ravel())] for label, m in zip(labels, matrix, strict=True)
-        ]
+        rows = [[label, *(str(v) for v in m.ravel())] for label, m in zip(labels, matrix, strict=True)]
         parts += _md_table(["label", "tn", "fp", "fn", "tp"], rows)
     else:
         parts.append("Rows are true labels, columns predicted labels.")
@@ -124,9 +122,7 @@ def errors_frame(
     frame = pd.DataFrame(records, columns=columns)
     if records:
         # Stable sort keeps input order among ties; unknown confidence (NaN) goes last.
-        order = pd.Series(confidence).sort_values(
-            ascending=False, kind="mergesort", na_position="last"
-        )
+        order = pd.Series(confidence).sort_values(ascending=False, kind="mergesort", na_position="last")
         frame = frame.iloc[order.index].reset_index(drop=True)
     return frame
 

@@ -102,7 +102,8 @@ class HeadMethod(nn.Module):
     def save(self, directory: Path) -> None:
         """Write the PEFT adapter and the head as safetensors into ``directory``."""
         self.peft_model.peft_config["default"].base_model_name_or_path = self.backbone.base
-        self.peft_model.save_pretrained(str(directory))
+        # The base's embeddings are frozen, so there is nothing of them to save (and no hub to ask).
+        self.peft_model.save_pretrained(str(directory), save_embedding_layers=False)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
 
@@ -140,7 +141,8 @@ class HeadMethod(nn.Module):
     ) -> dict[str, torch.Tensor]:
         # The decoder inside the PEFT-wrapped causal LM carries the LoRA layers; calling it skips
         # the LM head entirely.
-        decoder = self.peft_model.get_base_model().get_decoder()
+        base_model: Any = self.peft_model.get_base_model()
+        decoder = base_model.get_decoder()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         pooled = last_token_states(hidden, attention_mask).float()
         logits = self.classifier(pooled)
@@ -150,7 +152,7 @@ class HeadMethod(nn.Module):
                 output["loss"] = nn.functional.cross_entropy(logits, labels.long())
             else:
                 output["loss"] = nn.functional.binary_cross_entropy_with_logits(
-                    logits, labels.float(), pos_weight=self.pos_weight
+                    logits, labels.float(), pos_weight=self.get_buffer("pos_weight")
                 )
         return output
 

