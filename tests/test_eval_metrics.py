@@ -255,7 +255,7 @@ def test_metrics_markdown_single(single: dict) -> None:
 def test_metrics_markdown_multi(multi: dict) -> None:
     text = metrics_markdown(multi)
     assert "| exact match | 0.500 |" in text
-    assert "| weighted F1, multiple violations | 0.750 |" in text
+    assert "| weighted F1, 2+ violations | 0.750 |" in text
     assert "| false-positive rate | 0.500 |" in text
     assert "| label | tn | fp | fn | tp |" in text
     assert "| S2 | 3 | 1 | 0 | 2 |" in text

@@ -174,3 +174,23 @@ def test_resume_without_checkpoint_is_an_error(tiny_base: str, tmp_path: Path) -
     method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
     with pytest.raises(GuardtuneError, match="no checkpoint"):
         fit(method, ["a"], ["none"], TrainSettings(max_steps=1), tmp_path / "nothing", resume=True)
+
+
+def test_two_models_share_one_backbone(trained, tiny_base: str, tmp_path: Path, toy_files) -> None:
+    # A second model on the same base, trained with another seed.
+    settings = TrainSettings(
+        max_steps=5, batch_size=16, learning_rate=3e-3, max_length=32, seed=99, dtype="fp32"
+    )
+    other = train(TASK, toy_files["train"], tmp_path / "other", base=tiny_base, settings=settings)
+    texts = ["whats ur snap", "gg nice map", "call me at my street"]
+    alone = [
+        Classifier.load(d, dtype="fp32").predict_proba(texts) for d in (trained.directory, other.directory)
+    ]
+    shared = load_backbone(tiny_base, dtype="fp32")
+    first = Classifier.load(trained.directory, backbone=shared, adapter_name="pii")
+    second = Classifier.load(other.directory, backbone=shared, adapter_name="pii-2")
+    for _ in range(2):  # alternating requests switch adapters correctly
+        np.testing.assert_allclose(first.predict_proba(texts), alone[0], atol=1e-6)
+        np.testing.assert_allclose(second.predict_proba(texts), alone[1], atol=1e-6)
+    assert not np.allclose(alone[0], alone[1])
+    assert sorted(shared.peft_model.peft_config) == ["pii", "pii-2"]

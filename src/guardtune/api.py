@@ -58,13 +58,21 @@ class Classifier:
         self.directory = directory
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: str = "auto", backbone: Backbone | None = None) -> Classifier:
+    def load(
+        cls,
+        directory: str | Path,
+        dtype: str = "auto",
+        backbone: Backbone | None = None,
+        adapter_name: str | None = None,
+    ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
         Args:
             directory: the model directory (``guardtune.json``, adapter and head safetensors).
             dtype: ``auto``, ``bf16`` or ``fp32`` for the base model.
-            backbone: an already loaded base to reuse (it must be the one the model was trained on).
+            backbone: an already loaded base to share (it must be the one the model was trained
+                on); several models then hold one copy of the base weights.
+            adapter_name: the adapter's name on a shared backbone (default: a free name).
 
         Raises:
             GuardtuneError: not a model directory, or its base cannot be loaded.
@@ -73,7 +81,9 @@ class Classifier:
         manifest = read_manifest(directory)
         backbone = backbone or load_backbone(manifest.base, dtype=dtype)
         method_cls = get_method(manifest.method)
-        method = method_cls.load(directory, backbone, manifest.task, manifest.max_length)
+        method = method_cls.load(
+            directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
+        )
         return cls(method, manifest, directory)
 
     @property

@@ -55,6 +55,9 @@ class Backbone:
     tokenizer: Any
     base: str
     dtype: torch.dtype
+    # The PEFT wrapper once a first adapter is put on the model; further adapters (several guards
+    # on one base) are added to it under their own names.
+    peft_model: Any = None
 
     @property
     def hidden_size(self) -> int:

@@ -95,22 +95,16 @@ def plot_precision_recall(
         ax.plot(recall, precision, drawstyle="steps-post", label=f"{label} (AP={ap:.3f})")
     ax.set_xlabel("Recall")
     ax.set_ylabel("Precision")
-    ax.set_xlim(0.0, 1.0)
+    # A small margin keeps curves lying on precision 1 or recall 1 visible against the frame.
+    ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(0.0, 1.05)
     ax.grid(alpha=0.3)
     ax.set_title(title or "Precision-recall")
+    note = "no positives: " + ", ".join(skipped) if skipped else None
     if len(skipped) < len(labels):
-        ax.legend(loc="lower left", fontsize="small")
-    if skipped:
-        fig.text(
-            0.99,
-            0.01,
-            "no positives: " + ", ".join(skipped),
-            ha="right",
-            va="bottom",
-            fontsize="x-small",
-            color="gray",
-        )
+        ax.legend(loc="lower left", fontsize="small", title=note, title_fontsize="x-small")
+    elif note:
+        ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.tight_layout()
     return _save(fig, path)
 

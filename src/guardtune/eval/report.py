@@ -23,8 +23,8 @@ _SUMMARY = [
     ("micro_f1", "micro F1"),
     ("macro_f1", "macro F1"),
     ("weighted_f1", "weighted F1"),
-    ("f1_single_violation", "weighted F1, single violation"),
-    ("f1_multiple_violations", "weighted F1, multiple violations"),
+    ("f1_single_violation", "weighted F1, 1 violation"),
+    ("f1_multiple_violations", "weighted F1, 2+ violations"),
     ("fpr", "false-positive rate"),
 ]
 _PER_CLASS = ["precision", "recall", "f1", "support", "auprc"]
@@ -59,7 +59,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
 def metrics_rich_table(metrics: dict[str, Any], title: str = "") -> Table:
     """Per-class rows, then summary rows (value in the f1 column, as sklearn's report does)."""
     table = Table(title=title or None)
-    table.add_column("label")
+    table.add_column("label", no_wrap=True)
     for key in _PER_CLASS:
         table.add_column(key, justify="right")
     for label, values in metrics["per_class"].items():

@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.lora import LoraSettings, apply_lora
+from guardtune.methods.lora import LoraSettings, activate, apply_lora, load_lora, save_lora
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
@@ -49,14 +48,15 @@ class HeadMethod(nn.Module):
 
     def __init__(
         self,
-        peft_model: PeftModel,
         backbone: Backbone,
+        adapter_name: str,
         task: TaskSpec,
         max_length: int,
         pos_weight: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.peft_model = peft_model
+        self.peft_model = backbone.peft_model
+        self.adapter_name = adapter_name
         self.backbone = backbone
         self.task = task
         self.max_length = max_length
@@ -80,13 +80,23 @@ class HeadMethod(nn.Module):
         pos_weight = None
         if task.mode == "multi" and train_labels is not None:
             pos_weight = positive_weights(task, train_labels)  # type: ignore[arg-type]
-        return cls(apply_lora(backbone, lora), backbone, task, max_length, pos_weight)
+        return cls(backbone, apply_lora(backbone, lora), task, max_length, pos_weight)
 
     @classmethod
-    def load(cls, directory: Path, backbone: Backbone, task: TaskSpec, max_length: int) -> HeadMethod:
-        """Load the adapter and head saved by :meth:`save` onto ``backbone`` (no pickle)."""
-        peft_model = PeftModel.from_pretrained(backbone.model, str(directory), is_trainable=False)
-        method = cls(peft_model, backbone, task, max_length)
+    def load(
+        cls,
+        directory: Path,
+        backbone: Backbone,
+        task: TaskSpec,
+        max_length: int,
+        adapter_name: str | None = None,
+    ) -> HeadMethod:
+        """Load the adapter and head saved by :meth:`save` onto ``backbone`` (no pickle).
+
+        Several models trained on the same base can share one backbone, each under its own
+        ``adapter_name``.
+        """
+        method = cls(backbone, load_lora(backbone, directory, adapter_name), task, max_length)
         state = load_file(str(directory / HEAD_FILE), device=str(backbone.device))
         expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
@@ -101,9 +111,7 @@ class HeadMethod(nn.Module):
 
     def save(self, directory: Path) -> None:
         """Write the PEFT adapter and the head as safetensors into ``directory``."""
-        self.peft_model.peft_config["default"].base_model_name_or_path = self.backbone.base
-        # The base's embeddings are frozen, so there is nothing of them to save (and no hub to ask).
-        self.peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+        save_lora(self.peft_model, self.adapter_name, directory, self.backbone.base)
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
 
@@ -141,6 +149,7 @@ class HeadMethod(nn.Module):
     ) -> dict[str, torch.Tensor]:
         # The decoder inside the PEFT-wrapped causal LM carries the LoRA layers; calling it skips
         # the LM head entirely.
+        activate(self.peft_model, self.adapter_name, training=self.training)
         base_model: Any = self.peft_model.get_base_model()
         decoder = base_model.get_decoder()
         hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import save_file
 from torch import nn
 
 from guardtune.backbone import Backbone
@@ -44,8 +47,23 @@ def linear_module_suffixes(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
 
 
-def apply_lora(backbone: Backbone, settings: LoraSettings) -> PeftModel:
-    """Wrap the backbone's causal LM in a PEFT LoRA model (the base weights stay frozen)."""
+def _free_adapter_name(backbone: Backbone, wanted: str | None) -> str:
+    taken = set(backbone.peft_model.peft_config) if backbone.peft_model is not None else set()
+    if wanted is not None:
+        if wanted in taken:
+            raise GuardtuneError(f"adapter name {wanted!r} is already loaded on {backbone.base}")
+        return wanted
+    if "default" not in taken:
+        return "default"
+    return next(f"adapter-{i}" for i in range(1, len(taken) + 2) if f"adapter-{i}" not in taken)
+
+
+def apply_lora(backbone: Backbone, settings: LoraSettings, adapter_name: str | None = None) -> str:
+    """Add a new trainable LoRA adapter to the backbone (its base weights stay frozen).
+
+    Returns:
+        The adapter's name on ``backbone.peft_model``.
+    """
     present = set(linear_module_suffixes(backbone.model))
     targets = [t for t in settings.target_modules if t in present]
     if not targets:
@@ -60,4 +78,41 @@ def apply_lora(backbone: Backbone, settings: LoraSettings) -> PeftModel:
         target_modules=targets,
         bias="none",
     )
-    return get_peft_model(backbone.model, config)
+    name = _free_adapter_name(backbone, adapter_name)
+    if backbone.peft_model is None:
+        backbone.peft_model = get_peft_model(backbone.model, config, adapter_name=name)
+    else:
+        backbone.peft_model.add_adapter(name, config)
+    backbone.peft_model.set_adapter(name, inference_mode=False)
+    return name
+
+
+def load_lora(backbone: Backbone, directory: Path, adapter_name: str | None = None) -> str:
+    """Load a saved LoRA adapter onto the backbone, for inference; returns its name."""
+    name = _free_adapter_name(backbone, adapter_name)
+    if backbone.peft_model is None:
+        backbone.peft_model = PeftModel.from_pretrained(
+            backbone.model, str(directory), adapter_name=name, is_trainable=False
+        )
+    else:
+        backbone.peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+    backbone.peft_model.eval()
+    return name
+
+
+def activate(peft_model: PeftModel, adapter_name: str, training: bool = False) -> None:
+    """Make ``adapter_name`` the one that runs (a no-op when it already is)."""
+    if peft_model.active_adapter != adapter_name:
+        peft_model.set_adapter(adapter_name, inference_mode=not training)
+
+
+def save_lora(peft_model: PeftModel, adapter_name: str, directory: Path, base: str) -> None:
+    """Write one adapter as a plain PEFT adapter directory (loadable with ``PeftModel``)."""
+    config = copy.deepcopy(peft_model.peft_config[adapter_name])
+    config.base_model_name_or_path = base
+    config.inference_mode = True
+    # The base's embeddings are frozen, so there is nothing of them to save.
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(str(directory))
