@@ -45,11 +45,13 @@ def toy_rows(n: int, seed: int) -> pd.DataFrame:
 def _tokenizer() -> PreTrainedTokenizerFast:
     corpus = [" ".join(words) for words in WORDS.values()] * 20
     corpus += ["the quick brown fox jumps over the lazy dog 0123456789 @ . , ? !"] * 20
+    # Answers follow "Answer:" after a space; frequent enough that each label is one token.
+    corpus += [f"Answer: {label}" for label in ("none", "asking", "giving", "safe", "unsafe")] * 60
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=500,
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )

@@ -1,4 +1,5 @@
-"""The public Python API: ``Classifier.load / predict / predict_proba``, ``train`` and ``evaluate``."""
+"""The public Python API: ``Classifier.load / predict / predict_proba``, ``train``, ``evaluate``,
+``calibrate``."""
 
 from __future__ import annotations
 
@@ -9,22 +10,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from transformers import set_seed
 
 from guardtune.atomic import atomic_dir
 from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
-from guardtune.data.readers import Examples, label_counts, load_examples
+from guardtune.data.readers import Examples, label_counts, load_examples, soft_label_columns
 from guardtune.data.splits import stratified_split
+from guardtune.data.writers import write_table
 from guardtune.errors import GuardtuneError
 from guardtune.eval import (
+    Calibration,
+    calibrated_task,
     errors_frame,
+    expected_calibration_error,
+    fit_calibration,
     multi_label_metrics,
     plot_confusion_matrix,
     plot_precision_recall,
+    plot_reliability,
+    read_calibration,
     single_label_metrics,
     write_report,
 )
+from guardtune.eval.calibration import objective_for, threshold_labels
 from guardtune.eval.model_card import write_model_card
 from guardtune.infer import predict_scores
 from guardtune.methods import get_method
@@ -46,16 +56,27 @@ class Prediction:
 class Classifier:
     """A trained guardtune model: a base LM, its adapter, and the task's decision policy.
 
+    When the model directory holds ``calibration.json`` (written by :func:`calibrate`),
+    ``predict_proba`` returns temperature-scaled probabilities and ``predict`` decides with the
+    calibrated thresholds; ``predict_proba(..., calibrated=False)`` gives the raw scores.
+
     Example:
         >>> clf = Classifier.load("runs/pii")
         >>> clf.predict("whats ur snap?").label
         'asking'
     """
 
-    def __init__(self, method: Any, manifest: Manifest, directory: Path | None = None) -> None:
+    def __init__(
+        self,
+        method: Any,
+        manifest: Manifest,
+        directory: Path | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
         self.method = method
         self.manifest = manifest
         self.directory = directory
+        self.calibration = calibration
 
     @classmethod
     def load(
@@ -75,20 +96,23 @@ class Classifier:
             adapter_name: the adapter's name on a shared backbone (default: a free name).
 
         Raises:
-            GuardtuneError: not a model directory, or its base cannot be loaded.
+            GuardtuneError: not a model directory, its base cannot be loaded, or a bad
+                ``calibration.json``.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
+        calibration = read_calibration(directory, manifest.task)
         backbone = backbone or load_backbone(manifest.base, dtype=dtype)
         method_cls = get_method(manifest.method)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )
-        return cls(method, manifest, directory)
+        return cls(method, manifest, directory, calibration)
 
     @property
     def task(self) -> TaskSpec:
-        return self.manifest.task
+        """The task, its policy thresholds replaced by the calibrated ones when calibrated."""
+        return calibrated_task(self.manifest.task, self.calibration)
 
     @property
     def labels(self) -> list[str]:
@@ -96,14 +120,28 @@ class Classifier:
         return self.task.label_names
 
     def predict_proba(
-        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        progress: bool = False,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
 
         Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
+
+        Args:
+            calibrated: apply the model's temperature when it has one; ``False`` gives the raw
+                scores (the same as ``True`` for an uncalibrated model).
         """
         batch = [texts] if isinstance(texts, str) else list(texts)
-        return predict_scores(self.method, batch, batch_size=batch_size, progress=progress)
+        raw = predict_scores(self.method, batch, batch_size=batch_size, progress=progress)
+        return self.calibrate_scores(raw) if calibrated else raw
+
+    def calibrate_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw ``predict_proba(..., calibrated=False)`` scores as calibrated ones (unchanged if
+        the model is not calibrated)."""
+        return raw if self.calibration is None else self.calibration.transform(raw)
 
     def predict(
         self, texts: str | list[str], batch_size: int = 32, progress: bool = False
@@ -201,6 +239,7 @@ def train(
         val_texts=val_rows.texts if val_rows else None,
         val_labels=val_rows.labels if val_rows else None,
         resume=resume,
+        soft_labels=train_rows.soft_labels,
     )
     manifest = Manifest(
         task=spec,
@@ -243,22 +282,44 @@ def _subset(rows: Examples, indices: np.ndarray) -> Examples:
         labels=[labels[i] for i in indices] if labels is not None else None,
         frame=rows.frame.iloc[indices].reset_index(drop=True),
         source=rows.source,
+        soft_labels=rows.soft_labels[indices] if rows.soft_labels is not None else None,
     )
+
+
+@dataclass
+class _Scored:
+    metrics: dict[str, Any]
+    decided: list[Any]
+    scores: np.ndarray
+    raw_scores: np.ndarray
+    truth: np.ndarray
+
+
+def _score(classifier: Classifier, rows: Examples, progress: bool = False) -> _Scored:
+    """Score labelled rows once: metrics on the calibrated scores, ECE before and after."""
+    if rows.labels is None:
+        raise GuardtuneError(f"{rows.source}: no {classifier.task.label_column!r} column to evaluate against")
+    raw = classifier.predict_proba(rows.texts, progress=progress, calibrated=False)
+    scores = classifier.calibrate_scores(raw)
+    task = classifier.task
+    decided = task.decide(scores)
+    if task.mode == "single":
+        metrics = single_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
+    else:
+        metrics = multi_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
+    truth = _indicator(classifier.labels, rows.labels, task.mode)
+    metrics["ece"] = expected_calibration_error(scores, truth, task.mode)
+    if classifier.calibration is not None:
+        metrics["ece_uncalibrated"] = expected_calibration_error(raw, truth, task.mode)
+    return _Scored(metrics, decided, scores, raw, truth)
 
 
 def score_examples(
     classifier: Classifier, rows: Examples, progress: bool = False
 ) -> tuple[dict[str, Any], list[Any], np.ndarray]:
-    """Metrics (``metrics.json`` contract), decided labels and scores for labelled rows."""
-    if rows.labels is None:
-        raise GuardtuneError(f"{rows.source}: no {classifier.task.label_column!r} column to evaluate against")
-    scores = classifier.predict_proba(rows.texts, progress=progress)
-    decided = classifier.task.decide(scores)
-    if classifier.task.mode == "single":
-        metrics = single_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
-    else:
-        metrics = multi_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
-    return metrics, decided, scores
+    """Metrics (``metrics.json`` contract plus ``ece``), decided labels and scores for labelled rows."""
+    scored = _score(classifier, rows, progress=progress)
+    return scored.metrics, scored.decided, scored.scores
 
 
 def _indicator(labels: list[str], gold: list[Any], mode: str) -> np.ndarray:
@@ -279,22 +340,33 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a model on a labelled file and write a report directory.
 
-    Writes ``metrics.json``, ``report.md``, ``confusion_matrix.png``, ``precision_recall.png`` and
+    Writes ``metrics.json``, ``report.md``, ``confusion_matrix.png``, ``precision_recall.png``,
+    ``reliability.png`` (before and after calibration when the model is calibrated) and
     ``errors.csv`` (every misclassified row with its scores) into ``out``, all at once.
 
     Returns:
-        The metrics dictionary (the ``metrics.json`` contract).
+        The metrics dictionary (the ``metrics.json`` contract, plus ``ece`` and, for a calibrated
+        model, ``ece_uncalibrated``).
     """
     classifier = model if isinstance(model, Classifier) else Classifier.load(model)
     rows = load_examples(data, classifier.task)
-    metrics, decided, scores = score_examples(classifier, rows, progress=progress)
+    scored = _score(classifier, rows, progress=progress)
+    metrics, decided, scores = scored.metrics, scored.decided, scored.scores
     out = Path(out)
     title = title or f"{classifier.task.name} on {Path(data).name}"
+    mode = classifier.task.mode
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         plot_confusion_matrix(metrics, tmp / "confusion_matrix.png", title=title)
-        gold = _indicator(classifier.labels, rows.labels or [], classifier.task.mode)
-        plot_precision_recall(classifier.labels, gold, scores, tmp / "precision_recall.png", title=title)
+        plot_precision_recall(
+            classifier.labels, scored.truth, scores, tmp / "precision_recall.png", title=title
+        )
+        curves = (
+            {"uncalibrated": scored.raw_scores, "calibrated": scores}
+            if classifier.calibration is not None
+            else {"model": scores}
+        )
+        plot_reliability(scored.truth, curves, mode, tmp / "reliability.png", title=title)
         errors = errors_frame(rows.texts, rows.labels or [], decided, scores, classifier.labels)
         errors.to_csv(tmp / "errors.csv", index=False)
         write_report(
@@ -304,8 +376,109 @@ def evaluate(
             extra_sections={
                 "Model": f"`{classifier.directory}` ({classifier.manifest.method} on "
                 f"`{classifier.manifest.base}`)",
+                "Calibration": _calibration_summary(classifier.calibration, metrics, mode),
                 "Errors": f"{len(errors)} of {len(rows)} rows misclassified; see `errors.csv`.",
             },
-            images=["confusion_matrix.png", "precision_recall.png"],
+            images=["confusion_matrix.png", "precision_recall.png", "reliability.png"],
         )
     return metrics
+
+
+def _calibration_summary(calibration: Calibration | None, metrics: dict[str, Any], mode: str) -> str:
+    what = "top-class confidence" if mode == "single" else "every label probability"
+    ece = f"Expected calibration error (15 equal-width bins, {what})"
+    if calibration is None:
+        return f"Not calibrated (see `guardtune calibrate`). {ece}: {metrics['ece']:.3f}."
+    thresholds = ", ".join(f"{k} >= {v:.4f}" for k, v in calibration.thresholds.items()) or "none"
+    return (
+        f"Temperature {calibration.temperature:.3f}, fitted on {calibration.source or 'validation data'} "
+        f"({calibration.n} rows). {ece}: {metrics['ece_uncalibrated']:.3f} uncalibrated, "
+        f"{metrics['ece']:.3f} calibrated. Calibrated thresholds ({calibration.objective}): {thresholds}."
+    )
+
+
+def calibrate(
+    model: str | Path | Classifier,
+    data: str | Path,
+    label: str | None = None,
+    max_fpr: float | None = None,
+    min_recall: float | None = None,
+    dtype: str = "auto",
+    progress: bool = True,
+    save: bool = True,
+) -> Calibration:
+    """Fit temperature scaling and decision thresholds on labelled rows and store them with the model.
+
+    The temperature minimises the negative log-likelihood of ``data`` (normally the validation
+    split). Thresholds are chosen on the calibrated scores: by default the F1-maximising threshold
+    per label; with ``max_fpr`` the highest recall whose false-positive rate on ``data`` is at most
+    ``max_fpr``; with ``min_recall`` the highest precision whose recall is at least ``min_recall``.
+    Which labels get a threshold: ``label`` if given; else the positive label of a two-label task
+    (``unsafe``, or the second label); every label of a multi-label task; none for a single-label
+    task with three or more labels (the most likely label decides).
+
+    Args:
+        model: a model directory or a loaded :class:`Classifier` (it is calibrated in place).
+        data: labelled rows (CSV, JSONL, Parquet), not the test split.
+        label: the label to threshold.
+        max_fpr, min_recall: at most one target, each strictly between 0 and 1.
+        dtype: ``auto``, ``bf16`` or ``fp32`` when ``model`` is a directory.
+        progress: show a progress bar while scoring.
+        save: write ``calibration.json`` into the model directory.
+
+    Returns:
+        The :class:`Calibration`, with the rates it reaches on ``data`` in ``achieved``.
+
+    Raises:
+        GuardtuneError: both targets, a target outside (0, 1), an unknown label, a target the task
+            policy cannot reach, or a label without positive or negative rows in ``data``.
+
+    Example:
+        >>> cal = calibrate("runs/moderation", "splits/val.csv", max_fpr=0.05)
+        >>> cal.thresholds
+        {'unsafe': 0.8312}
+    """
+    objective, target = objective_for(max_fpr, min_recall)
+    # Check the label and the data before loading the base model.
+    spec = model.manifest.task if isinstance(model, Classifier) else read_manifest(model).task
+    threshold_labels(spec, objective, label)
+    rows = load_examples(data, spec)
+    classifier = model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype)
+    if save and classifier.directory is None:
+        raise GuardtuneError("calibrate: the classifier has no model directory to write calibration.json to")
+    assert rows.labels is not None
+    raw = classifier.predict_proba(rows.texts, progress=progress, calibrated=False)
+    truth = _indicator(spec.label_names, rows.labels, spec.mode)
+    calibration = fit_calibration(
+        spec, raw, truth, objective=objective, target=target, label=label, source=Path(data).name
+    )
+    if save:
+        assert classifier.directory is not None
+        calibration.save(classifier.directory)
+    classifier.calibration = calibration
+    return calibration
+
+
+def label_file(model: str | Path | Classifier, data: str | Path, out: str | Path) -> pd.DataFrame:
+    """Write a teacher's scores for every row of ``data``: the input columns plus ``p_<label>``.
+
+    Rows without a gold label get the teacher's decision in the task's label column, so the file
+    trains a student directly (``guardtune train --distill``).
+    """
+    classifier = model if isinstance(model, Classifier) else Classifier.load(model)
+    task = classifier.task
+    rows = load_examples(data, task, require_labels=False)
+    scores = classifier.predict_proba(rows.texts, progress=True)
+    frame = rows.frame.copy()
+    if task.label_column not in frame.columns:
+        decided = task.decide(scores)
+        frame[task.label_column] = [",".join(x) if isinstance(x, list) else x for x in decided]
+    for column, name in zip(soft_label_columns(task), task.label_names, strict=True):
+        frame[column] = np.round(scores[:, task.label_names.index(name)].astype(np.float64), 6)
+    if task.mode == "single":
+        # Rounding must not push a row's sum outside the tolerance a student's reader checks.
+        frame[soft_label_columns(task)] = frame[soft_label_columns(task)].div(
+            frame[soft_label_columns(task)].sum(axis=1), axis=0
+        )
+    write_table(frame, out)
+    return frame

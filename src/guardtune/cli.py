@@ -190,6 +190,52 @@ def eval_command(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[Path, typer.Option(help="Model directory; calibration.json is written into it.")],
+    data: Annotated[
+        Path, typer.Option(help="Labelled validation rows (CSV, JSONL, Parquet), not the test set.")
+    ],
+    label: Annotated[
+        str | None,
+        typer.Option(help="Label to threshold; default: unsafe (or the 2nd label) of a 2-label task."),
+    ] = None,
+    max_fpr: Annotated[
+        float | None, typer.Option(help="Highest recall with at most this false-positive rate.")
+    ] = None,
+    min_recall: Annotated[
+        float | None, typer.Option(help="Highest precision with at least this recall.")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+) -> None:
+    """Fit temperature scaling and thresholds (max F1 by default) on validation rows."""
+    from guardtune.api import calibrate as calibrate_model
+
+    cal = calibrate_model(model, data, label=label, max_fpr=max_fpr, min_recall=min_recall, dtype=dtype)
+    out.print(f"Temperature {cal.temperature:.3f} (fitted on {cal.n} rows of {data.name})")
+    out.print(f"ECE (15 bins): {cal.ece_before:.3f} uncalibrated -> {cal.ece_after:.3f} calibrated")
+    if cal.thresholds:
+        goal = {"f1": "max F1", "max_fpr": f"FPR <= {cal.target}", "min_recall": f"recall >= {cal.target}"}
+        table = Table(
+            "label", "threshold", "precision", "recall", "FPR", title=f"Thresholds ({goal[cal.objective]})"
+        )
+        for name, threshold in cal.thresholds.items():
+            rates = cal.achieved[name]
+            table.add_row(
+                name, f"{threshold:.4f}", *(_rate(rates.get(k)) for k in ("precision", "recall", "fpr"))
+            )
+        out.print(table)
+    else:
+        out.print("No thresholds: the most likely label decides (name one with --label).")
+    for note in cal.notes:
+        out.print(f"[yellow]{note}[/yellow]")
+    out.print(f"Wrote {model / 'calibration.json'}")
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@app.command()
 def predict(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet).")],
@@ -209,6 +255,58 @@ def predict(
     write_table(frame, out_file)
     counts = frame["label"].replace("", "(none)").value_counts().to_dict()
     out.print(f"Wrote {len(frame)} predictions to {out_file}: {counts}")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        list[str], typer.Option(help="A guard as NAME=DIR (or DIR, named after it); repeat for more.")
+    ],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Jobs waiting for the model before 503.")] = 256,
+    max_inputs: Annotated[int, typer.Option(help="Texts per request (messages per chat).")] = 64,
+    max_chars: Annotated[int, typer.Option(help="Characters per text.")] = 4000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
+    timeout: Annotated[float, typer.Option(help="Seconds before a waiting request gets 504.")] = 30.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Cap on tokens per chat reply.")] = 64,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="GUARDTUNE_API_KEY", help="Require this bearer key on every route but /healthz."),
+    ] = None,
+) -> None:
+    """Serve guards over HTTP: /v1/classify, /v1/moderations, /v1/chat/completions, /metrics."""
+    from guardtune.serve import ServeSettings, create_app, load_guards, parse_model_spec, run
+
+    settings = ServeSettings(
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_inputs=max_inputs,
+        max_chars=max_chars,
+        max_body_bytes=max_body_bytes,
+        request_timeout_s=timeout,
+        max_new_tokens=max_new_tokens,
+        api_key=api_key,
+    )
+    specs: dict[str, Path] = {}
+    for spec in model:
+        name, directory = parse_model_spec(spec)
+        if name in specs:
+            raise GuardtuneError(f"--model {spec}: the name {name!r} is given twice")
+        specs[name] = directory
+    with err.status(f"Loading {len(specs)} guard(s)...", spinner="dots"):
+        guards = load_guards(specs, dtype=dtype)
+    bases = {id(g.backbone) for g in guards.values()}
+    out.print(
+        f"Loaded {', '.join(guards)} on {len(bases)} base model(s); serving on http://{host}:{port}"
+        + (" (API key required)" if api_key else ""),
+        soft_wrap=True,
+    )
+    run(create_app(guards, settings), host=host, port=port)
 
 
 @app.command()

@@ -8,11 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-
-def pad_batch(tokenizer: Any, rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad token-id rows into ``input_ids`` + ``attention_mask`` tensors on ``device``."""
-    padded = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
-    return {k: v.to(device) for k, v in padded.items() if k in ("input_ids", "attention_mask")}
+from guardtune.methods.common import pad_batch
 
 
 def predict_scores(

@@ -24,6 +24,7 @@ _KNOWN_KEYS = {
     "text_fields",
     "label_column",
     "instruction",
+    "template",
     "policy",
     "negative_label",
 }
@@ -57,6 +58,8 @@ class TaskSpec:
         label_column: column that holds the gold label; for ``multi`` a comma-separated list,
             where an empty cell means the negative outcome.
         instruction: optional task instruction for prompt-based methods.
+        template: optional prompt for prompt-based methods, with ``{text}`` where the message goes
+            and optionally ``{instruction}``, ``{labels}`` and ``{categories}``.
         policy: decision policy applied by predict, eval and serve.
         negative_label: name of the "nothing flagged" outcome of a multi-label task.
     """
@@ -67,6 +70,7 @@ class TaskSpec:
     text_fields: list[str] = field(default_factory=lambda: ["text"])
     label_column: str = "label"
     instruction: str | None = None
+    template: str | None = None
     policy: Policy = field(default_factory=Policy)
     negative_label: str = "safe"
 
@@ -79,8 +83,9 @@ class TaskSpec:
         data["policy"] = {k: v for k, v in data["policy"].items() if v not in (None, {}, 0.0)}
         if not data["policy"]:
             del data["policy"]
-        if data["instruction"] is None:
-            del data["instruction"]
+        for key in ("instruction", "template"):
+            if data[key] is None:
+                del data[key]
         return data
 
     def decide(self, scores: np.ndarray) -> list[Any]:
@@ -170,6 +175,7 @@ def task_from_dict(raw: Any, source: str = "<task>") -> TaskSpec:
         text_fields=[str(f) for f in raw.get("text_fields") or ["text"]],
         label_column=str(raw.get("label_column") or ("labels" if mode == "multi" else "label")),
         instruction=raw.get("instruction"),
+        template=raw.get("template"),
         policy=policy,
         negative_label=str(raw.get("negative_label", "safe")),
     )
@@ -205,6 +211,9 @@ def validate_task_dict(raw: Any) -> list[str]:
         problems.append("label_column: expected a column name")
     if "instruction" in raw and not isinstance(raw["instruction"], str):
         problems.append("instruction: expected a string")
+    template = raw.get("template")
+    if template is not None and (not isinstance(template, str) or template.count("{text}") != 1):
+        problems.append("template: expected a string with {text} exactly once")
     problems.extend(_validate_policy(raw.get("policy"), label_names, mode))
     return problems
 

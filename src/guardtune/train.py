@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
-    DataCollatorWithPadding,
     EvalPrediction,
     ProgressCallback,
     Trainer,
@@ -50,6 +49,8 @@ class TrainSettings:
     seed: int = 0
     save_steps: int = 50
     dtype: str = "auto"
+    # (alpha, temperature): mix KL to a teacher's soft labels into the loss.
+    distill: tuple[float, float] | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,13 @@ class TrainSettings:
             problems.append(f"--max-length: expected at least 8 tokens, found {self.max_length}")
         if self.gradient_accumulation < 1:
             problems.append("--grad-accum: expected a positive integer")
+        if self.distill is not None:
+            alpha, temperature = self.distill
+            if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+                problems.append(
+                    "--distill: expected alpha in [0, 1] and a positive temperature, "
+                    f"found {alpha},{temperature}"
+                )
         if problems:
             raise GuardtuneError("; ".join(problems))
 
@@ -89,15 +97,14 @@ class FitResult:
 
 
 class _RowsDataset(torch.utils.data.Dataset):
-    def __init__(self, input_ids: list[list[int]], targets: list[Any]) -> None:
-        self.input_ids = input_ids
-        self.targets = targets
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.input_ids[index], "labels": self.targets[index]}
+        return self.rows[index]
 
 
 class _CompactProgress(ProgressCallback):
@@ -167,6 +174,7 @@ def fit(
     val_labels: list[Any] | None = None,
     resume: bool = False,
     callbacks: list[TrainerCallback] | None = None,
+    soft_labels: np.ndarray | None = None,
 ) -> FitResult:
     """Train ``method`` in place on the given rows, checkpointing into ``work_dir``.
 
@@ -178,6 +186,7 @@ def fit(
         val_texts, val_labels: optional validation rows, evaluated at the end of every epoch.
         resume: continue from the newest checkpoint in ``work_dir``.
         callbacks: extra ``transformers.TrainerCallback`` objects (logging, early stopping).
+        soft_labels: a teacher's ``(rows, labels)`` probabilities, used when ``settings.distill``.
 
     Raises:
         GuardtuneError: ``resume`` with no checkpoint to resume from.
@@ -187,10 +196,14 @@ def fit(
         checkpoint = get_last_checkpoint(str(work_dir)) if work_dir.is_dir() else None
         if checkpoint is None:
             raise GuardtuneError(f"--resume: no checkpoint in {work_dir} to resume from")
-    train_set = _RowsDataset(method.encode(train_texts), method.targets(train_labels))
+    if settings.distill is not None and soft_labels is None:
+        raise GuardtuneError("--distill: the training file has no teacher scores (p_<label> columns)")
+    method.distill = settings.distill
+    teacher = soft_labels if settings.distill is not None else None
+    train_set = _RowsDataset(method.features(train_texts, train_labels, teacher))
     val_set = None
     if val_texts and val_labels:
-        val_set = _RowsDataset(method.encode(val_texts), method.targets(val_labels))
+        val_set = _RowsDataset(method.features(val_texts, val_labels))
     per_step = settings.batch_size * settings.gradient_accumulation
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
     total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
@@ -222,14 +235,16 @@ def fit(
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
         disable_tqdm=False,
+        prediction_loss_only=not method.logits_in_forward,
     )
     trainer = _TrainableOnlyTrainer(
         model=method,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
-        data_collator=DataCollatorWithPadding(method.backbone.tokenizer),
-        compute_metrics=_compute_metrics(method.task.mode),
+        data_collator=method.collate,
+        # Methods whose forward gives per-label logits are scored each epoch; others report loss.
+        compute_metrics=_compute_metrics(method.task.mode) if method.logits_in_forward else None,
         callbacks=callbacks,
     )
     trainer.remove_callback(ProgressCallback)

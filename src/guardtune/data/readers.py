@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from guardtune.errors import GuardtuneError
@@ -29,6 +30,7 @@ class Examples:
     labels: list[str] | list[list[str]] | None
     frame: pd.DataFrame
     source: str
+    soft_labels: np.ndarray | None = None  # a teacher's (rows, labels) probabilities
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -155,7 +157,69 @@ def load_examples(path: str | Path, task: TaskSpec, require_labels: bool = True)
         labels = parse_labels(raw, task, path)
     elif require_labels:
         raise _missing_column(path, task.label_column, frame, "label")
-    return Examples(texts=texts, labels=labels, frame=frame, source=str(path))
+    soft = parse_soft_labels(frame, task, path)
+    return Examples(texts=texts, labels=labels, frame=frame, source=str(path), soft_labels=soft)
+
+
+SOFT_JSON_COLUMN = "scores"
+SUM_TOLERANCE = 0.01
+
+
+def soft_label_columns(task: TaskSpec) -> list[str]:
+    """Columns that carry a teacher's probability per label: ``p_<label>``."""
+    return [f"p_{name}" for name in task.label_names]
+
+
+def parse_soft_labels(frame: pd.DataFrame, task: TaskSpec, path: Path) -> np.ndarray | None:
+    """A teacher's scores from ``p_<label>`` columns or a JSON ``scores`` column, checked.
+
+    Probabilities must lie in [0, 1]; for single-label tasks each row must sum to 1 (within 0.01).
+    """
+    columns = soft_label_columns(task)
+    present = [c for c in columns if c in frame.columns]
+    if present and len(present) < len(columns):
+        missing = [c for c in columns if c not in frame.columns]
+        raise GuardtuneError(f"{path}: teacher scores need every p_<label> column; missing {missing}")
+    if present:
+        cells = frame[columns].to_numpy()
+    elif SOFT_JSON_COLUMN in frame.columns:
+        cells = np.array([_json_scores(v, task, path, i) for i, v in enumerate(frame[SOFT_JSON_COLUMN])])
+    else:
+        return None
+    scores = np.zeros(cells.shape, dtype=np.float64)
+    for index, row in enumerate(cells):
+        for column, value in enumerate(row):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not 0.0 <= number <= 1.0:
+                raise GuardtuneError(
+                    f"{path}: {row_name(path, index)}: p_{task.label_names[column]} is {value!r} "
+                    "(expected a probability in [0, 1])"
+                )
+            scores[index, column] = number
+        if task.mode == "single" and abs(scores[index].sum() - 1.0) > SUM_TOLERANCE:
+            raise GuardtuneError(
+                f"{path}: {row_name(path, index)}: teacher scores sum to {scores[index].sum():.4f} "
+                f"(expected 1 within {SUM_TOLERANCE} for a single-label task)"
+            )
+    return scores
+
+
+def _json_scores(value: object, task: TaskSpec, path: Path, index: int) -> list[object]:
+    try:
+        parsed = json.loads(str(value))
+    except json.JSONDecodeError as exc:
+        raise GuardtuneError(
+            f"{path}: {row_name(path, index)}: column {SOFT_JSON_COLUMN!r} is not JSON ({exc.msg})"
+        ) from exc
+    if not isinstance(parsed, dict) or set(parsed) != set(task.label_names):
+        raise GuardtuneError(
+            f"{path}: {row_name(path, index)}: column {SOFT_JSON_COLUMN!r} must map every label "
+            f"({', '.join(task.label_names)}) to a probability"
+        )
+    return [parsed[name] for name in task.label_names]
 
 
 def parse_labels(raw: list[str], task: TaskSpec, path: Path) -> list[str] | list[list[str]]:

@@ -1,4 +1,4 @@
-"""Confusion-matrix and precision-recall plots written as PNG files.
+"""Confusion-matrix, precision-recall and reliability plots written as PNG files.
 
 Figures are built with ``matplotlib.figure.Figure`` rather than pyplot, so there is no global
 figure state: plotting from several threads is safe and nothing leaks between calls.
@@ -25,6 +25,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from guardtune.atomic import atomic_file
 from guardtune.errors import GuardtuneError
+from guardtune.eval.calibration import N_BINS, expected_calibration_error, reliability_curve
+from guardtune.task import Mode
 
 DPI = 120
 _GRID_COLUMNS = 4
@@ -105,6 +107,45 @@ def plot_precision_recall(
         ax.legend(loc="lower left", fontsize="small", title=note, title_fontsize="x-small")
     elif note:
         ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_reliability(
+    y_true_indicator: np.ndarray,
+    score_sets: dict[str, np.ndarray],
+    mode: Mode,
+    path: Path,
+    title: str = "",
+    n_bins: int = N_BINS,
+) -> Path:
+    """Reliability diagram: observed frequency against mean confidence per bin, one curve per score set.
+
+    Args:
+        y_true_indicator: ``(rows, labels)`` 0/1 gold matrix.
+        score_sets: curve name -> ``(rows, labels)`` probabilities, e.g. ``{"uncalibrated": raw,
+            "calibrated": scores}``; the ECE of each goes in the legend.
+        mode: ``single`` (top-class confidence) or ``multi`` (every label probability).
+        path: PNG file to write.
+        title: figure title.
+        n_bins: equal-width bins on [0, 1].
+    """
+    fig = Figure(figsize=(6, 5.5), dpi=DPI)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1, label="perfectly calibrated")
+    for name, scores in score_sets.items():
+        prob_pred, prob_true, _counts = reliability_curve(scores, y_true_indicator, mode, n_bins)
+        ece = expected_calibration_error(scores, y_true_indicator, mode, n_bins)
+        ax.plot(prob_pred, prob_true, marker="o", label=f"{name} (ECE={ece:.3f})")
+    what = "top-class confidence" if mode == "single" else "label probability"
+    ax.set_xlabel(f"Mean predicted {what} ({n_bins} bins)")
+    ax.set_ylabel("Observed frequency" if mode == "multi" else "Accuracy")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.05)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(title or "Reliability")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -14,21 +14,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import DataCollatorWithPadding
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.lora import LoraSettings, activate, apply_lora, load_lora, save_lora
+from guardtune.methods.common import (
+    decoder_states,
+    last_token_states,
+    multi_label_loss,
+    single_label_loss,
+)
+from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
 HEAD_FILE = "head.safetensors"
-
-
-def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Hidden state of each row's last real token, for left or right padding alike."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    last = (attention_mask.long() * positions).argmax(dim=1)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0) -> torch.Tensor:
@@ -64,6 +64,9 @@ class HeadMethod(nn.Module):
         self.classifier.to(backbone.device)
         weight = pos_weight if pos_weight is not None else torch.ones(len(task.labels))
         self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
+        self.distill: tuple[float, float] | None = None
+        self.logits_in_forward = True
+        self._collator = DataCollatorWithPadding(backbone.tokenizer)
 
     # -- building and persistence -------------------------------------------------------------
 
@@ -126,18 +129,25 @@ class HeadMethod(nn.Module):
         encoded = self.backbone.tokenizer(texts, truncation=True, max_length=self.max_length)
         return [list(ids) for ids in encoded["input_ids"]]
 
-    def targets(self, labels: list[str] | list[list[str]]) -> list[Any]:
-        """Gold labels as training targets: class indices, or multi-hot float rows."""
+    def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
+        """Training rows: token ids, the gold label (class index or multi-hot row), soft labels."""
         index = {name: i for i, name in enumerate(self.task.label_names)}
-        if self.task.mode == "single":
-            return [index[label] for label in labels]  # type: ignore[index]
         rows = []
-        for row in labels:
-            hot = [0.0] * len(index)
-            for name in row:
-                hot[index[name]] = 1.0
-            rows.append(hot)
+        for i, (ids, label) in enumerate(zip(self.encode(texts), labels, strict=True)):
+            if self.task.mode == "single":
+                target: Any = index[label]
+            else:
+                target = [0.0] * len(index)
+                for name in label:
+                    target[index[name]] = 1.0
+            row: dict[str, Any] = {"input_ids": ids, "labels": target}
+            if soft_labels is not None:
+                row["soft_labels"] = [float(x) for x in soft_labels[i]]
+            rows.append(row)
         return rows
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return self._collator(features)
 
     # -- computation ----------------------------------------------------------------------------
 
@@ -146,22 +156,18 @@ class HeadMethod(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
+        soft_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        # The decoder inside the PEFT-wrapped causal LM carries the LoRA layers; calling it skips
-        # the LM head entirely.
-        activate(self.peft_model, self.adapter_name, training=self.training)
-        base_model: Any = self.peft_model.get_base_model()
-        decoder = base_model.get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = decoder_states(self, input_ids, attention_mask).last_hidden_state
         pooled = last_token_states(hidden, attention_mask).float()
         logits = self.classifier(pooled)
         output = {"logits": logits}
         if labels is not None:
             if self.task.mode == "single":
-                output["loss"] = nn.functional.cross_entropy(logits, labels.long())
+                output["loss"] = single_label_loss(logits, labels, soft_labels, self.distill)
             else:
-                output["loss"] = nn.functional.binary_cross_entropy_with_logits(
-                    logits, labels.float(), pos_weight=self.get_buffer("pos_weight")
+                output["loss"] = multi_label_loss(
+                    logits, labels, self.get_buffer("pos_weight"), soft_labels, self.distill
                 )
         return output
 

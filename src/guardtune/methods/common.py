@@ -1,0 +1,107 @@
+"""Plain functions the methods share: running the adapted decoder, LM-head rows, losses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from guardtune.backbone import Backbone
+from guardtune.methods.lora import activate
+
+
+def pad_batch(tokenizer: Any, rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad token-id rows into ``input_ids`` + ``attention_mask`` tensors on ``device``."""
+    padded = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    return {k: v.to(device) for k, v in padded.items() if k in ("input_ids", "attention_mask")}
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so left and right padding give the same states."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def decoder_states(
+    method: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    **kwargs: Any,
+) -> Any:
+    """Run the decoder (with the method's adapter active) and return its output object.
+
+    The decoder is called directly, so the full-vocabulary LM head is never computed.
+    """
+    peft_model = method.backbone.peft_model
+    activate(peft_model, method.adapter_name, training=method.training)
+    base_model: Any = peft_model.get_base_model()
+    decoder = base_model.get_decoder()
+    return decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=kwargs.pop("position_ids", position_ids(attention_mask)),
+        **kwargs,
+    )
+
+
+def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """The causal LM's logits for ``token_ids`` only: exactly those entries of the full head.
+
+    Applies the model's final logit soft-capping when its config has one (Gemma 2 does).
+    """
+    head: Any = backbone.model.get_output_embeddings()
+    weight = head.weight[token_ids]
+    logits = hidden.to(weight.dtype) @ weight.T
+    if getattr(head, "bias", None) is not None:
+        logits = logits + head.bias[token_ids]
+    logits = logits.float()
+    cap = getattr(backbone.model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Hidden state of each row's last real token, for left or right padding alike."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask.long() * positions).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def single_label_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    soft_labels: torch.Tensor | None = None,
+    distill: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Cross-entropy on the gold label, mixed with KL to a teacher's soft labels when distilling.
+
+    ``distill = (alpha, temperature)``: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``,
+    where ``teacher_T`` is the teacher's distribution re-tempered as ``softmax(log p / T)``.
+    """
+    hard = nn.functional.cross_entropy(logits, labels.long())
+    if soft_labels is None or distill is None:
+        return hard
+    alpha, temperature = distill
+    teacher = torch.log_softmax(torch.log(soft_labels.float().clamp_min(1e-8)) / temperature, dim=-1)
+    student = torch.log_softmax(logits / temperature, dim=-1)
+    kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return (1 - alpha) * hard + alpha * temperature**2 * kl
+
+
+def multi_label_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    pos_weight: torch.Tensor,
+    soft_labels: torch.Tensor | None = None,
+    distill: tuple[float, float] | None = None,
+) -> torch.Tensor:
+    """Weighted BCE on the gold labels, mixed with BCE to a teacher's tempered scores."""
+    hard = nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=pos_weight)
+    if soft_labels is None or distill is None:
+        return hard
+    alpha, temperature = distill
+    teacher_logits = torch.logit(soft_labels.float().clamp(1e-6, 1 - 1e-6))
+    target = torch.sigmoid(teacher_logits / temperature)
+    soft = nn.functional.binary_cross_entropy_with_logits(logits / temperature, target)
+    return (1 - alpha) * hard + alpha * temperature**2 * soft
