@@ -111,7 +111,7 @@ def test_generate_learns_multi_label_answers(tiny_base: str, tmp_path: Path) -> 
     for _ in range(160):
         codes = [c for c in ("S1", "S2") if rng.random() < 0.5]
         words = (["game", "score"] if "S1" in codes else []) + (["email", "mail"] if "S2" in codes else [])
-        rows.append({"text": " ".join(words + ["ok"]), "labels": ",".join(codes)})
+        rows.append({"text": " ".join([*words, "ok"]), "labels": ",".join(codes)})
     path = tmp_path / "multi.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     settings = TrainSettings(epochs=6, batch_size=16, learning_rate=3e-3, max_length=48, seed=1, dtype="fp32")
