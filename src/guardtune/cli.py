@@ -123,7 +123,7 @@ def train(
         Path | None, typer.Option("--val", help="Validation rows; default: 10% of --train.")
     ] = None,
     base: Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")] = DEFAULT_BASE,
-    method: Annotated[str, typer.Option(help="Adaptation method.")] = "head",
+    method: Annotated[str, typer.Option(help="head, label-tokens or generate.")] = "head",
     epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
@@ -133,6 +133,10 @@ def train(
     max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    distill: Annotated[
+        str | None,
+        typer.Option(help="ALPHA,TEMPERATURE: mix KL to the teacher's p_<label> columns into the loss."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
@@ -150,6 +154,7 @@ def train(
         max_length=max_length,
         seed=seed,
         dtype=dtype,
+        distill=_parse_distill(distill),
         lora=LoraSettings(r=lora_r, alpha=lora_alpha),
     )
     report = train_model(
@@ -171,6 +176,66 @@ def train(
         f"Trained {report.fit.steps} steps in {report.fit.seconds:.0f} s "
         f"({report.fit.examples_per_second:.1f} examples/s). Model: {report.directory}"
     )
+
+
+def _parse_distill(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        alpha, temperature = (float(part) for part in value.split(","))
+    except ValueError as exc:
+        raise GuardtuneError(f"--distill: expected ALPHA,TEMPERATURE such as 0.5,2, found {value!r}") from exc
+    return alpha, temperature
+
+
+@app.command()
+def label(
+    model: Annotated[Path, typer.Option(help="Teacher model directory.")],
+    data: Annotated[Path, typer.Option(help="Rows to score (CSV, JSONL, Parquet).")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output file with p_<label> columns.")],
+) -> None:
+    """Write a teacher's soft labels (p_<label> columns) for distilling into a student."""
+    from guardtune.api import label_file
+
+    frame = label_file(model, data, out_file)
+    out.print(f"Wrote teacher scores for {len(frame)} rows to {out_file}")
+
+
+@app.command()
+def compare(
+    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    train_file: Annotated[Path, typer.Option("--train", help="Training rows.")],
+    val_file: Annotated[Path, typer.Option("--val", help="Validation rows.")],
+    test_file: Annotated[Path, typer.Option("--test", help="Test rows.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for models, reports and the table.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "head,label-tokens,generate",
+    base: Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")] = DEFAULT_BASE,
+    epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop each run after this many steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train several methods on the same data and write one comparison table."""
+    from guardtune.compare import compare_methods, comparison_markdown
+    from guardtune.task import load_task
+    from guardtune.train import TrainSettings
+
+    settings = TrainSettings(
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        seed=seed,
+    )
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    rows = compare_methods(
+        task, train_file, val_file, test_file, out_dir, names, base=base, settings=settings
+    )
+    out.print(comparison_markdown(rows, load_task(task)))
+    out.print(f"Table: {out_dir / 'compare.md'}")
 
 
 @app.command("eval")
