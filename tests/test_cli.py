@@ -213,3 +213,95 @@ def test_data_split_and_stats(
     assert run(monkeypatch, "data", "stats", "--task", "pii-categories", "--data", data) == 0
     printed = capsys.readouterr().out
     assert "S5" in printed and "safe" in printed and "200 rows" in printed
+
+
+def test_label_then_distill_then_compare(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_base: str, toy_files: dict[str, Path]
+) -> None:
+    teacher = tmp_path / "teacher"
+    common = ["--base", tiny_base, "--max-length", "32", "--dtype", "fp32", "--batch-size", "8"]
+    assert (
+        run(
+            monkeypatch,
+            "train",
+            "--task",
+            "pii-intent",
+            "--train",
+            toy_files["train"],
+            "--out",
+            teacher,
+            "--max-steps",
+            "3",
+            *common,
+        )
+        == 0
+    )
+    soft = tmp_path / "soft.csv"
+    assert run(monkeypatch, "label", "--model", teacher, "--data", toy_files["val"], "--out", soft) == 0
+    frame = pd.read_csv(soft)
+    assert ((frame[["p_none", "p_asking", "p_giving"]].sum(axis=1) - 1).abs() < 1e-6).all()
+    assert (
+        run(
+            monkeypatch,
+            "train",
+            "--task",
+            "pii-intent",
+            "--train",
+            soft,
+            "--out",
+            tmp_path / "student",
+            "--max-steps",
+            "2",
+            "--distill",
+            "0.5,2",
+            *common,
+        )
+        == 0
+    )
+    assert (
+        run(
+            monkeypatch,
+            "train",
+            "--task",
+            "pii-intent",
+            "--train",
+            soft,
+            "--out",
+            tmp_path / "x",
+            "--distill",
+            "half",
+            *common,
+        )
+        == 1
+    )
+
+    table = tmp_path / "compare"
+    code = run(
+        monkeypatch,
+        "compare",
+        "--task",
+        "pii-intent",
+        "--train",
+        toy_files["train"],
+        "--val",
+        toy_files["val"],
+        "--test",
+        toy_files["test"],
+        "--out",
+        table,
+        "--methods",
+        "head,label-tokens",
+        "--max-steps",
+        "2",
+        "--base",
+        tiny_base,
+        "--dtype",
+        "fp32",
+        "--batch-size",
+        "8",
+    )
+    assert code == 0
+    rows = json.loads((table / "compare.json").read_text())
+    assert [r["method"] for r in rows] == ["head", "label-tokens"]
+    assert all(r["predict_messages_per_second"] > 0 and 0 <= r["macro_f1"] <= 1 for r in rows)
+    assert "| head |" in (table / "compare.md").read_text()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save_file
 from torch import nn
 
@@ -43,8 +44,16 @@ class LoraSettings:
 
 
 def linear_module_suffixes(model: nn.Module) -> list[str]:
-    """Distinct last name parts of the Linear layers of a model (what LoRA can target)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+    """Distinct last name parts of the Linear layers of a model (what LoRA can target).
+
+    Layers already wrapped by an earlier adapter count under their own names, not their parts'.
+    """
+    names = set()
+    for name, module in model.named_modules():
+        inside_lora = any(part in name.split(".") for part in ("base_layer", "lora_A", "lora_B"))
+        if isinstance(module, LoraLayer) or (isinstance(module, nn.Linear) and not inside_lora):
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
 
 
 def _free_adapter_name(backbone: Backbone, wanted: str | None) -> str:
