@@ -1,6 +1,6 @@
 """guardtune: small decoder-only LLMs as fast, calibrated text classifiers and guardrails, with LoRA."""
 
-from guardtune.api import Classifier, Prediction, TrainReport, evaluate, train
+from guardtune.api import Classifier, Prediction, TrainReport, calibrate, evaluate, train
 from guardtune.errors import GuardtuneError
 from guardtune.task import TaskSpec, load_task
 from guardtune.train import TrainSettings
@@ -12,6 +12,7 @@ __all__ = [
     "TaskSpec",
     "TrainReport",
     "TrainSettings",
+    "calibrate",
     "evaluate",
     "load_task",
     "train",

@@ -68,6 +68,32 @@ def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tor
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def label_features(
+    task: Any, token_ids: list[list[int]], labels: list[Any], soft_labels: Any = None
+) -> list[dict[str, Any]]:
+    """Training rows for methods that score every label: ids, the gold label as a class index
+    (single-label) or a multi-hot row (multi-label), and the teacher's scores when distilling."""
+    index = {name: i for i, name in enumerate(task.label_names)}
+    rows = []
+    for i, (ids, label) in enumerate(zip(token_ids, labels, strict=True)):
+        if task.mode == "single":
+            target: Any = index[label]
+        else:
+            target = [0.0] * len(index)
+            for name in label:
+                target[index[name]] = 1.0
+        row: dict[str, Any] = {"input_ids": ids, "labels": target}
+        if soft_labels is not None:
+            row["soft_labels"] = [float(x) for x in soft_labels[i]]
+        rows.append(row)
+    return rows
+
+
+def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the parameters training changes (adapter and head), for light checkpoints."""
+    return {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
+
+
 def single_label_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,

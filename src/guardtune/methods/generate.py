@@ -26,7 +26,7 @@ from transformers import DataCollatorForSeq2Seq
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.common import decoder_states, lm_head_rows, pad_batch
+from guardtune.methods.common import decoder_states, lm_head_rows, pad_batch, trainable_state
 from guardtune.methods.label_tokens import label_token_ids
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.prompting import PromptEncoder
@@ -173,7 +173,7 @@ class GenerateMethod(nn.Module):
         save_lora(self.peft_model, self.adapter_name, directory, self.backbone.base)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        return trainable_state(self)
 
     # -- data -------------------------------------------------------------------------------
 

@@ -20,9 +20,11 @@ from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 from guardtune.methods.common import (
     decoder_states,
+    label_features,
     last_token_states,
     multi_label_loss,
     single_label_loss,
+    trainable_state,
 )
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.registry import register_method
@@ -119,8 +121,7 @@ class HeadMethod(nn.Module):
         save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the parameters training changes (adapter + head), for light checkpoints."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        return trainable_state(self)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -131,20 +132,7 @@ class HeadMethod(nn.Module):
 
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         """Training rows: token ids, the gold label (class index or multi-hot row), soft labels."""
-        index = {name: i for i, name in enumerate(self.task.label_names)}
-        rows = []
-        for i, (ids, label) in enumerate(zip(self.encode(texts), labels, strict=True)):
-            if self.task.mode == "single":
-                target: Any = index[label]
-            else:
-                target = [0.0] * len(index)
-                for name in label:
-                    target[index[name]] = 1.0
-            row: dict[str, Any] = {"input_ids": ids, "labels": target}
-            if soft_labels is not None:
-                row["soft_labels"] = [float(x) for x in soft_labels[i]]
-            rows.append(row)
-        return rows
+        return label_features(self.task, self.encode(texts), labels, soft_labels)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self._collator(features)

@@ -19,7 +19,14 @@ from transformers import DataCollatorWithPadding
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.common import decoder_states, last_token_states, lm_head_rows, single_label_loss
+from guardtune.methods.common import (
+    decoder_states,
+    label_features,
+    last_token_states,
+    lm_head_rows,
+    single_label_loss,
+    trainable_state,
+)
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.prompting import PromptEncoder
 from guardtune.methods.registry import register_method
@@ -108,20 +115,13 @@ class LabelTokensMethod(nn.Module):
         (directory / LABEL_TOKENS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        return trainable_state(self)
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.prompt.encode(texts)
 
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
-        index = {name: i for i, name in enumerate(self.task.label_names)}
-        rows = []
-        for i, (ids, label) in enumerate(zip(self.encode(texts), labels, strict=True)):
-            row: dict[str, Any] = {"input_ids": ids, "labels": index[label]}
-            if soft_labels is not None:
-                row["soft_labels"] = [float(x) for x in soft_labels[i]]
-            rows.append(row)
-        return rows
+        return label_features(self.task, self.encode(texts), labels, soft_labels)
 
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self._collator(features)
