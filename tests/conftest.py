@@ -67,7 +67,7 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+def build_tiny_model_dir(directory: Path, seed: int = 0, sliding_window: int = 16) -> Path:
     """Save a 2-layer, hidden-64 Gemma 3 text model and its tokenizer as an HF directory."""
     tokenizer = _tokenizer()
     config = Gemma3TextConfig(
@@ -78,7 +78,7 @@ def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=32,
-        sliding_window=16,
+        sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"],
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
@@ -96,6 +96,12 @@ def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Path of a tiny random-weight model directory, usable as ``--base``."""
     return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-base")))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_wide_window(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model with a sliding window longer than any test prompt (as Gemma's 512 is)."""
+    return str(build_tiny_model_dir(tmp_path_factory.mktemp("tiny-wide"), sliding_window=1024))
 
 
 @pytest.fixture(scope="session")

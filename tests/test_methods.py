@@ -177,3 +177,35 @@ def test_distill_without_teacher_scores_is_refused(
     settings = TrainSettings(max_steps=1, dtype="fp32", distill=(0.5, 2.0))
     with pytest.raises(GuardtuneError, match="no teacher scores"):
         train(TASK, toy_files["train"], tmp_path / "m", base=tiny_base, settings=settings)
+
+
+@pytest.mark.parametrize("method_name", ["label-tokens", "generate"])
+@pytest.mark.parametrize("task_name", ["pii-intent", "pii-categories"])
+def test_prefix_reuse_gives_the_full_forward_scores(
+    tiny_base_wide_window: str, method_name: str, task_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = load_task(task_name)
+    if method_name == "label-tokens" and task.mode == "multi":
+        pytest.skip("label-tokens is single-label only")
+    from guardtune import infer
+    from guardtune.infer import predict_scores
+
+    calls = []
+    monkeypatch.setattr(infer, "_fits_window", lambda *args: calls.append(args) or True)
+    backbone = load_backbone(tiny_base_wide_window, dtype="fp32")
+    method = get_method(method_name).create(backbone, task, LoraSettings(r=4), 400)
+    with torch.no_grad():
+        for name, parameter in method.peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.2)  # a non-trivial adapter, as after training
+    texts = ["whats ur snap", "gg", "my mail is here and my street is there", "call me at home now"]
+    reused = predict_scores(method, texts, batch_size=3, reuse_prefix=True)
+    full = predict_scores(method, texts, batch_size=3, reuse_prefix=False)
+    assert calls and len(method.shared_prefix) > 10  # the cached path really ran
+    np.testing.assert_allclose(reused, full, rtol=0, atol=1e-5)
+
+
+def test_length_bucketing_returns_results_in_input_order(trained) -> None:
+    texts = ["gg", "whats ur number and email and address", "call me", "nice score on that map level ok"]
+    one_by_one = np.concatenate([trained.classifier.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(trained.classifier.predict_proba(texts, batch_size=2), one_by_one, atol=1e-5)

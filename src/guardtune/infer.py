@@ -11,17 +11,27 @@ from tqdm.auto import tqdm
 from guardtune.methods.common import pad_batch
 
 
+def _fits_window(method: Any, encoded: list[list[int]]) -> bool:
+    # Rows padded after a cached prefix carry their padding mid-sequence; a sliding-window layer
+    # counts those pads as distance, so reuse only when every prompt fits inside the window.
+    window = getattr(method.backbone.model.config.get_text_config(), "sliding_window", None)
+    longest = max(len(ids) for ids in encoded) + getattr(method, "longest_answer", 0)
+    return window is None or longest < window
+
+
 def predict_scores(
     method: Any,
     texts: list[str],
     batch_size: int = 32,
     progress: bool = False,
     desc: str = "Scoring",
+    reuse_prefix: bool = True,
 ) -> np.ndarray:
     """Per-label probabilities for ``texts`` as a ``(len(texts), n_labels)`` float array.
 
     Rows are scored in length order so each batch carries little padding; the result is returned
-    in input order.
+    in input order. For methods whose prompts share a prefix (the instruction), the prefix's
+    key/value cache is computed once and each batch runs only its messages' own tokens.
     """
     n_labels = len(method.task.labels)
     if not texts:
@@ -32,14 +42,19 @@ def predict_scores(
     device = method.backbone.device
     was_training = method.training
     method.eval()
+    prefix_length = len(method.shared_prefix) if reuse_prefix and _fits_window(method, encoded) else 0
     try:
+        prefix = method.prefix_state() if prefix_length else None
         with (
             torch.inference_mode(),
             tqdm(total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False) as bar,
         ):
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                batch = pad_batch(method.backbone.tokenizer, [encoded[i] for i in chunk], device)
+                rows = [encoded[i][prefix_length:] for i in chunk]
+                batch = pad_batch(method.backbone.tokenizer, rows, device)
+                if prefix is not None:
+                    batch["prefix"] = prefix
                 scores[chunk] = method.scores(**batch).float().cpu().numpy()
                 bar.update(len(chunk))
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +42,61 @@ def decoder_states(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=kwargs.pop("position_ids", position_ids(attention_mask)),
+        **kwargs,
+    )
+
+
+@dataclass
+class PrefixState:
+    """The key/value cache of the prompt prefix every message shares, computed once per model."""
+
+    cache: Any
+    length: int
+
+    def for_batch(self, rows: int) -> Any:
+        # The decoder extends a cache in place, so each batch gets its own copy.
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+
+def compute_prefix(method: Any, prefix_ids: list[int]) -> PrefixState:
+    """Run the shared prompt prefix once and keep its cache."""
+    ids = torch.tensor([prefix_ids], device=method.backbone.device)
+    with torch.inference_mode():
+        out = decoder_states(method, ids, torch.ones_like(ids), use_cache=True)
+    return PrefixState(out.past_key_values, len(prefix_ids))
+
+
+def cached_prefix(method: Any) -> PrefixState:
+    """The method's prefix state, computed on first use after training changed the weights."""
+    if method._prefix is None:
+        method._prefix = compute_prefix(method, method.shared_prefix)
+    return method._prefix
+
+
+def decoder_states_after(
+    method: Any,
+    prefix: PrefixState | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    **kwargs: Any,
+) -> Any:
+    """Decoder states for ``input_ids`` that continue ``prefix`` (or stand alone without one).
+
+    ``attention_mask`` covers ``input_ids`` only; positions continue after the prefix.
+    """
+    if prefix is None:
+        return decoder_states(method, input_ids, attention_mask, **kwargs)
+    rows = input_ids.shape[0]
+    full_mask = torch.cat([attention_mask.new_ones((rows, prefix.length)), attention_mask], dim=1)
+    kwargs["use_cache"] = True
+    return decoder_states(
+        method,
+        input_ids,
+        full_mask,
+        past_key_values=prefix.for_batch(rows),
+        position_ids=prefix.length + position_ids(attention_mask),
         **kwargs,
     )
 

@@ -26,7 +26,15 @@ from transformers import DataCollatorForSeq2Seq
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.common import decoder_states, lm_head_rows, pad_batch, trainable_state
+from guardtune.methods.common import (
+    PrefixState,
+    cached_prefix,
+    decoder_states,
+    decoder_states_after,
+    lm_head_rows,
+    pad_batch,
+    trainable_state,
+)
 from guardtune.methods.label_tokens import label_token_ids
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.prompting import PromptEncoder
@@ -91,6 +99,8 @@ class GenerateMethod(nn.Module):
         self.vocab = sorted({t for answer in self.answers for t in answer.tokens})
         self.distill: tuple[float, float] | None = None
         self.logits_in_forward = False
+        self.shared_prefix = self.prompt.prefix
+        self._prefix: PrefixState | None = None
         self.longest_answer = max(len(answer.tokens) for answer in self.answers)
         self._collator = DataCollatorForSeq2Seq(backbone.tokenizer, label_pad_token_id=IGNORE, padding=True)
         self._vocab_tensor = torch.tensor(self.vocab, device=backbone.device)
@@ -213,6 +223,14 @@ class GenerateMethod(nn.Module):
 
     # -- inference --------------------------------------------------------------------------
 
+    def train(self, mode: bool = True) -> GenerateMethod:
+        if mode:
+            self._prefix = None  # training changes the weights the prefix cache was made with
+        return super().train(mode)
+
+    def prefix_state(self) -> PrefixState:
+        return cached_prefix(self)
+
     def _left_padded(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,18 +245,25 @@ class GenerateMethod(nn.Module):
         return input_ids.gather(1, index), attention_mask.gather(1, index)
 
     def _decode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, force_unsafe: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        force_unsafe: bool = False,
+        prefix: PrefixState | None = None,
     ) -> tuple[list[str], list[list[tuple[TrieNode, dict[int, float]]]]]:
         """Greedy decoding inside the trie; returns answers and each row's steps (node, options)."""
         input_ids, attention_mask = self._left_padded(input_ids, attention_mask)
-        out = decoder_states(self, input_ids, attention_mask, use_cache=True)
+        out = decoder_states_after(self, prefix, input_ids, attention_mask, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
         cache = out.past_key_values
         rows = input_ids.shape[0]
         nodes = [self.trie] * rows
         steps: list[list[tuple[TrieNode, dict[int, float]]]] = [[] for _ in range(rows)]
         forced = [force_unsafe] * rows
-        next_position = attention_mask.sum(dim=1)
+        before = prefix.length if prefix is not None else 0
+        next_position = before + attention_mask.sum(dim=1)
+        if prefix is not None:
+            attention_mask = torch.cat([attention_mask.new_ones((rows, before)), attention_mask], dim=1)
         unsafe_first = (
             self.by_text[UNSAFE + "\n" + self.task.label_names[0]].tokens[0] if force_unsafe else -1
         )
@@ -280,12 +305,16 @@ class GenerateMethod(nn.Module):
         with torch.inference_mode():
             return self._decode(batch["input_ids"], batch["attention_mask"])[0]
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
+    ) -> torch.Tensor:
+        """Per-label probabilities; with ``prefix``, ``input_ids`` continue the shared prefix."""
         if self.task.mode == "single":
-            hidden = decoder_states(self, *self._left_padded(input_ids, attention_mask)).last_hidden_state
+            ids, mask = self._left_padded(input_ids, attention_mask)
+            hidden = decoder_states_after(self, prefix, ids, mask).last_hidden_state
             firsts = torch.tensor([a.tokens[0] for a in self.answers], device=hidden.device)
             return torch.softmax(lm_head_rows(self.backbone, hidden[:, -1], firsts), dim=-1)
-        _, steps = self._decode(input_ids, attention_mask, force_unsafe=True)
+        _, steps = self._decode(input_ids, attention_mask, force_unsafe=True, prefix=prefix)
         safe_first = self.by_text[SAFE].tokens[0]
         scores = torch.zeros((len(steps), len(self.task.labels)))
         for row, row_steps in enumerate(steps):

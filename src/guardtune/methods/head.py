@@ -68,6 +68,7 @@ class HeadMethod(nn.Module):
         self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
         self.distill: tuple[float, float] | None = None
         self.logits_in_forward = True
+        self.shared_prefix: list[int] = []  # the message alone: nothing to reuse
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
 
     # -- building and persistence -------------------------------------------------------------

@@ -20,7 +20,9 @@ from transformers import DataCollatorWithPadding
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 from guardtune.methods.common import (
-    decoder_states,
+    PrefixState,
+    cached_prefix,
+    decoder_states_after,
     label_features,
     last_token_states,
     lm_head_rows,
@@ -77,6 +79,9 @@ class LabelTokensMethod(nn.Module):
         self.distill: tuple[float, float] | None = None
         self.logits_in_forward = True
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
+        # Every prompt starts with these tokens: inference computes them once (see infer.py).
+        self.shared_prefix = self.prompt.prefix
+        self._prefix: PrefixState | None = None
 
     @classmethod
     def create(
@@ -126,9 +131,22 @@ class LabelTokensMethod(nn.Module):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         return self._collator(features)
 
-    def label_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Logits of the label tokens at the answer position (the last prompt token)."""
-        hidden = decoder_states(self, input_ids, attention_mask).last_hidden_state
+    def train(self, mode: bool = True) -> LabelTokensMethod:
+        if mode:
+            self._prefix = None  # training changes the weights the prefix cache was made with
+        return super().train(mode)
+
+    def prefix_state(self) -> PrefixState:
+        return cached_prefix(self)
+
+    def label_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
+    ) -> torch.Tensor:
+        """Logits of the label tokens at the answer position (the last prompt token).
+
+        With ``prefix``, ``input_ids`` hold only what follows the shared prompt prefix.
+        """
+        hidden = decoder_states_after(self, prefix, input_ids, attention_mask).last_hidden_state
         pooled = last_token_states(hidden, attention_mask)
         rows = torch.tensor(self.label_ids, device=pooled.device)
         return lm_head_rows(self.backbone, pooled, rows)
@@ -146,5 +164,7 @@ class LabelTokensMethod(nn.Module):
             output["loss"] = single_label_loss(logits, labels, soft_labels, self.distill)
         return output
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.label_logits(input_ids, attention_mask), dim=-1)
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
+    ) -> torch.Tensor:
+        return torch.softmax(self.label_logits(input_ids, attention_mask, prefix), dim=-1)
