@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,10 +249,7 @@ def fit(
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_CompactProgress())
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        # transformers' own deprecation notice about its internals; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        output = trainer.train(resume_from_checkpoint=checkpoint)
+    output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - started
     method.eval()
     first_step = 0
