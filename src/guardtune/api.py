@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from tqdm.auto import tqdm
 from transformers import set_seed
 
 from guardtune.atomic import atomic_dir
 from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
-from guardtune.data.readers import Examples, label_counts, load_examples, soft_label_columns
+from guardtune.data.readers import Examples, iter_examples, label_counts, load_examples, soft_label_columns
 from guardtune.data.splits import stratified_split
-from guardtune.data.writers import write_table
+from guardtune.data.writers import ChunkedTableWriter, predictions_frame, write_table
 from guardtune.errors import GuardtuneError
 from guardtune.eval import (
     Calibration,
@@ -482,3 +483,36 @@ def label_file(model: str | Path | Classifier, data: str | Path, out: str | Path
         )
     write_table(frame, out)
     return frame
+
+
+def predict_file(
+    model: str | Path | Classifier,
+    data: str | Path,
+    out: str | Path,
+    batch_size: int = 32,
+    chunk_rows: int = 4096,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Classify a file of any size, a chunk at a time, into ``out``.
+
+    ``out`` gets the input columns plus ``label`` and one ``score_<label>`` column per label; it
+    appears only when every row is done. Memory stays flat: rows are read, scored and written
+    ``chunk_rows`` at a time.
+
+    Returns:
+        How many rows got each label.
+    """
+    classifier = model if isinstance(model, Classifier) else Classifier.load(model)
+    counts: dict[str, int] = {}
+    with (
+        ChunkedTableWriter(Path(out)) as writer,
+        tqdm(desc="Predicting", unit="msg", disable=not progress) as bar,
+    ):
+        for rows in iter_examples(data, classifier.task, chunk_rows=chunk_rows):
+            scores = classifier.predict_proba(rows.texts, batch_size=batch_size)
+            frame = predictions_frame(rows.frame, classifier.task, scores)
+            writer.write(frame)
+            for label in frame["label"]:
+                counts[label] = counts.get(label, 0) + 1
+            bar.update(len(frame))
+    return counts

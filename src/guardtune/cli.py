@@ -309,17 +309,11 @@ def predict(
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
-    from guardtune.api import Classifier
-    from guardtune.data.readers import load_examples
-    from guardtune.data.writers import predictions_frame, write_table
+    from guardtune.api import Classifier, predict_file
 
-    classifier = Classifier.load(model, dtype=dtype)
-    rows = load_examples(data, classifier.task, require_labels=False)
-    scores = classifier.predict_proba(rows.texts, batch_size=batch_size, progress=True)
-    frame = predictions_frame(rows.frame, classifier.task, scores)
-    write_table(frame, out_file)
-    counts = frame["label"].replace("", "(none)").value_counts().to_dict()
-    out.print(f"Wrote {len(frame)} predictions to {out_file}: {counts}")
+    counts = predict_file(Classifier.load(model, dtype=dtype), data, out_file, batch_size=batch_size)
+    shown = {label or "(none)": n for label, n in counts.items()}
+    out.print(f"Wrote {sum(counts.values())} predictions to {out_file}: {shown}")
 
 
 @app.command()

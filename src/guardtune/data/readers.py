@@ -7,13 +7,17 @@ what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from guardtune.errors import GuardtuneError
 from guardtune.task import TaskSpec
@@ -62,18 +66,55 @@ def read_table(path: str | Path) -> pd.DataFrame:
     Raises:
         GuardtuneError: missing, unreadable, not UTF-8, malformed, or empty.
     """
+    chunks = [frame for _, frame in iter_tables(path, chunk_rows=None)]
+    return chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+
+
+def iter_tables(path: str | Path, chunk_rows: int | None = 4096) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Yield ``(offset, frame)`` chunks of at most ``chunk_rows`` rows (``None``: the whole file).
+
+    Memory stays bounded by the chunk size, whatever the size of the file.
+
+    Raises:
+        GuardtuneError: missing, unreadable, not UTF-8, malformed, or empty.
+    """
     path = Path(path)
     kind = _kind(path)
     if not path.is_file():
         raise GuardtuneError(f"{path}: no such file")
-    try:
-        if kind == "csv":
-            sep = "\t" if path.suffix.lower() == ".tsv" else ","
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8", sep=sep)
-        elif kind == "jsonl":
-            frame = _read_jsonl(path)
+    offset = 0
+    with _translated_errors(path, kind):
+        for frame in _raw_chunks(path, kind, chunk_rows):
+            if frame.empty:
+                continue
+            yield offset, frame
+            offset += len(frame)
+    if offset == 0:
+        raise GuardtuneError(f"{path}: no data rows (expected at least one)")
+
+
+def _raw_chunks(path: Path, kind: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    if kind == "csv":
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        options: dict[str, Any] = {"dtype": str, "keep_default_na": False, "encoding": "utf-8", "sep": sep}
+        if chunk_rows is None:
+            yield pd.read_csv(path, **options)
         else:
-            frame = pd.read_parquet(path)
+            with pd.read_csv(path, chunksize=chunk_rows, **options) as reader:
+                yield from reader
+    elif kind == "jsonl":
+        yield from _jsonl_chunks(path, chunk_rows)
+    elif chunk_rows is None:
+        yield pd.read_parquet(path)
+    else:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+
+
+@contextlib.contextmanager
+def _translated_errors(path: Path, kind: str) -> Iterator[None]:
+    try:
+        yield
     except UnicodeDecodeError as exc:
         raise GuardtuneError(
             f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-save the file as UTF-8"
@@ -85,16 +126,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise GuardtuneError(f"{path}: malformed CSV: {reason}") from exc
     except OSError as exc:
         raise GuardtuneError(f"{path}: cannot read: {exc}") from exc
+    except GuardtuneError:
+        raise
     except Exception as exc:  # pyarrow raises its own types for corrupt files
         if kind != "parquet":
             raise
         raise GuardtuneError(f"{path}: not a readable Parquet file: {exc}") from exc
-    if frame.empty:
-        raise GuardtuneError(f"{path}: no data rows (expected at least one)")
-    return frame
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _jsonl_chunks(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     records = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -107,7 +147,11 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             if not isinstance(record, dict):
                 raise GuardtuneError(f"{path}: line {number}: expected a JSON object per line")
             records.append(record)
-    return pd.DataFrame.from_records(records)
+            if chunk_rows is not None and len(records) >= chunk_rows:
+                yield pd.DataFrame.from_records(records)
+                records = []
+    if records:
+        yield pd.DataFrame.from_records(records)
 
 
 def _missing_column(path: Path, column: str, frame: pd.DataFrame, role: str) -> GuardtuneError:
@@ -137,7 +181,22 @@ def load_examples(path: str | Path, task: TaskSpec, require_labels: bool = True)
         GuardtuneError: naming the file, the row and what was expected.
     """
     path = Path(path)
-    frame = read_table(path)
+    return examples_from_frame(read_table(path), task, path, require_labels)
+
+
+def iter_examples(
+    path: str | Path, task: TaskSpec, chunk_rows: int = 4096, require_labels: bool = False
+) -> Iterator[Examples]:
+    """Like :func:`load_examples`, one chunk of rows at a time (for files of any size)."""
+    path = Path(path)
+    for offset, frame in iter_tables(path, chunk_rows):
+        yield examples_from_frame(frame, task, path, require_labels, offset)
+
+
+def examples_from_frame(
+    frame: pd.DataFrame, task: TaskSpec, path: Path, require_labels: bool = True, offset: int = 0
+) -> Examples:
+    """Check a frame's texts (and labels) against ``task``; ``offset`` numbers rows in errors."""
     for column in task.text_fields:
         if column not in frame.columns:
             raise _missing_column(path, column, frame, "text")
@@ -147,17 +206,17 @@ def load_examples(path: str | Path, task: TaskSpec, require_labels: bool = True)
         text = "\n".join(p for p in parts if p.strip())
         if not text.strip():
             raise GuardtuneError(
-                f"{path}: {row_name(path, index)}: empty text in {'+'.join(task.text_fields)} "
+                f"{path}: {row_name(path, offset + index)}: empty text in {'+'.join(task.text_fields)} "
                 "(expected a non-empty message)"
             )
         texts.append(text)
     labels: list[str] | list[list[str]] | None = None
     if task.label_column in frame.columns:
         raw = frame[task.label_column].map(_cell_text).tolist()
-        labels = parse_labels(raw, task, path)
+        labels = parse_labels(raw, task, path, offset)
     elif require_labels:
         raise _missing_column(path, task.label_column, frame, "label")
-    soft = parse_soft_labels(frame, task, path)
+    soft = parse_soft_labels(frame, task, path, offset)
     return Examples(texts=texts, labels=labels, frame=frame, source=str(path), soft_labels=soft)
 
 
@@ -170,7 +229,7 @@ def soft_label_columns(task: TaskSpec) -> list[str]:
     return [f"p_{name}" for name in task.label_names]
 
 
-def parse_soft_labels(frame: pd.DataFrame, task: TaskSpec, path: Path) -> np.ndarray | None:
+def parse_soft_labels(frame: pd.DataFrame, task: TaskSpec, path: Path, offset: int = 0) -> np.ndarray | None:
     """A teacher's scores from ``p_<label>`` columns or a JSON ``scores`` column, checked.
 
     Probabilities must lie in [0, 1]; for single-label tasks each row must sum to 1 (within 0.01).
@@ -183,7 +242,9 @@ def parse_soft_labels(frame: pd.DataFrame, task: TaskSpec, path: Path) -> np.nda
     if present:
         cells = frame[columns].to_numpy()
     elif SOFT_JSON_COLUMN in frame.columns:
-        cells = np.array([_json_scores(v, task, path, i) for i, v in enumerate(frame[SOFT_JSON_COLUMN])])
+        cells = np.array(
+            [_json_scores(v, task, path, offset + i) for i, v in enumerate(frame[SOFT_JSON_COLUMN])]
+        )
     else:
         return None
     scores = np.zeros(cells.shape, dtype=np.float64)
@@ -195,13 +256,13 @@ def parse_soft_labels(frame: pd.DataFrame, task: TaskSpec, path: Path) -> np.nda
                 number = float("nan")
             if not 0.0 <= number <= 1.0:
                 raise GuardtuneError(
-                    f"{path}: {row_name(path, index)}: p_{task.label_names[column]} is {value!r} "
+                    f"{path}: {row_name(path, offset + index)}: p_{task.label_names[column]} is {value!r} "
                     "(expected a probability in [0, 1])"
                 )
             scores[index, column] = number
         if task.mode == "single" and abs(scores[index].sum() - 1.0) > SUM_TOLERANCE:
             raise GuardtuneError(
-                f"{path}: {row_name(path, index)}: teacher scores sum to {scores[index].sum():.4f} "
+                f"{path}: {row_name(path, offset + index)}: teacher scores sum to {scores[index].sum():.4f} "
                 f"(expected 1 within {SUM_TOLERANCE} for a single-label task)"
             )
     return scores
@@ -222,7 +283,7 @@ def _json_scores(value: object, task: TaskSpec, path: Path, index: int) -> list[
     return [parsed[name] for name in task.label_names]
 
 
-def parse_labels(raw: list[str], task: TaskSpec, path: Path) -> list[str] | list[list[str]]:
+def parse_labels(raw: list[str], task: TaskSpec, path: Path, offset: int = 0) -> list[str] | list[list[str]]:
     """Check gold label cells against the task; multi-label cells are comma-separated."""
     known = task.label_names
     if task.mode == "single":
@@ -232,7 +293,7 @@ def parse_labels(raw: list[str], task: TaskSpec, path: Path) -> list[str] | list
             if value not in task.labels:
                 shown = repr(value) if value else "an empty label"
                 raise GuardtuneError(
-                    f"{path}: {row_name(path, index)}: unknown label {shown} in column "
+                    f"{path}: {row_name(path, offset + index)}: unknown label {shown} in column "
                     f"{task.label_column!r} (expected one of: {', '.join(known)})"
                 )
             single.append(value)
@@ -245,7 +306,7 @@ def parse_labels(raw: list[str], task: TaskSpec, path: Path) -> list[str] | list
         unknown = [p for p in parts if p not in order]
         if unknown:
             raise GuardtuneError(
-                f"{path}: {row_name(path, index)}: unknown label {unknown[0]!r} in column "
+                f"{path}: {row_name(path, offset + index)}: unknown label {unknown[0]!r} in column "
                 f"{task.label_column!r} (expected comma-separated labels from: {', '.join(known)}; "
                 f"empty or {task.negative_label!r} for none)"
             )

@@ -1,0 +1,651 @@
+"""Prediction speed and accuracy: the seeds' way, the common way and guardtune, in one run.
+
+On the same base model, the same messages and the same trained adapters, this measures:
+
+(a) the seeds' way: ``AutoModelForCausalLM`` + the method's LoRA adapter (PEFT), greedy
+    ``generate()`` of up to 8 new tokens, one prompt at a time, full LM head, fp32; the label is
+    parsed from the generated text. Run with the adapter of each prompt-based method
+    (``label-tokens``, ``generate``), so guardtune's fast path can be checked against it.
+(b) the common way: ``AutoModelForSequenceClassification`` + a PEFT LoRA adapter (same r, alpha
+    and target modules), batched, fp32. Its classification head is untrained: only its speed
+    means anything.
+(c) guardtune: ``Classifier.predict_proba`` for each method.
+
+For each path: messages/s and the ratio to (a) and (b), p50 / p95 latency of single messages,
+peak resident memory, the fraction of this machine's bf16 matmul throughput the path achieves
+(peak measured in the same run), macro-F1 on the messages' gold labels, and for guardtune the
+agreement of its predictions with (a) run on the same adapter.
+
+    python benchmarks/bench_predict.py --train-steps 40 --n 1000 --slow-n 100 \\
+        --json bench_predict.json --markdown bench_predict.md
+    python benchmarks/bench_predict.py --model runs/pii-head --model runs/pii-lt   # trained dirs
+
+Each path runs in a fresh subprocess (unless ``--no-isolate``), so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+SEEDS, SEQCLS, GUARDTUNE = "seeds", "seqcls", "guardtune"
+PROMPT_METHODS = ("label-tokens", "generate")
+ALL_METHODS = ("head", "label-tokens", "generate")
+RESULT_KEYS = (
+    "path",
+    "kind",
+    "method",
+    "adapter",
+    "dtype",
+    "batch_size",
+    "n",
+    "seconds",
+    "messages_per_s",
+    "ratio_to_seeds",
+    "ratio_to_seqcls",
+    "latency_n",
+    "p50_ms",
+    "p95_ms",
+    "peak_rss_mb",
+    "imports_rss_mb",
+    "rss_scope",
+    "tokens",
+    "flops_per_token",
+    "achieved_tflops",
+    "fraction_of_bf16_peak",
+    "macro_f1",
+    "agreement_with_seeds",
+    "note",
+)
+
+
+# -- shared helpers -----------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process's memory so far, in MB.
+
+    Linux's ``VmHWM`` starts afresh when a process execs; ``ru_maxrss`` (the fallback) would carry
+    the parent's peak into a fresh worker process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def percentile_ms(seconds: list[float], q: float) -> float | None:
+    return float(np.percentile(np.array(seconds) * 1000, q)) if seconds else None
+
+
+def macro_f1(labels: list[str], gold: list[str], predicted: list[str]) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0))
+
+
+def parse_label(text: str, labels: list[str]) -> str | None:
+    """The label a generated answer names: the label the text starts with, else the label sharing
+    the longest prefix with it (a label-tokens adapter is trained on the first token only), else
+    ``None``."""
+    answer = text.strip().strip("\"'").lower()
+    for label in labels:
+        if answer.startswith(label.lower()):
+            return label
+    best, best_len = None, 0
+    for label in labels:
+        common = next(
+            (i for i, (x, y) in enumerate(zip(answer, label.lower(), strict=False)) if x != y),
+            min(len(answer), len(label)),
+        )
+        if common > best_len:
+            best, best_len = label, common
+    return best
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(non-embedding parameters including LoRA, LM-head parameters) of a (PEFT-wrapped) LM."""
+    body = 0
+    for name, param in model.named_parameters():
+        if "embed_tokens" in name or "lm_head" in name or name.endswith(".score.weight"):
+            continue
+        body += param.numel()
+    head_module: Any = None
+    for module in model.modules():
+        getter = getattr(module, "get_output_embeddings", None)
+        if callable(getter):
+            head_module = getter()
+            if head_module is not None:
+                break
+    head = int(head_module.weight.numel()) if head_module is not None else 0
+    return body, head
+
+
+def matmul_peak(size: int, dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """FLOP/s of repeated ``size x size`` matmuls in ``dtype`` (the machine's practical peak)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while True:
+        torch.matmul(a, b)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and runs >= 3:
+            return 2 * size**3 * runs / elapsed
+
+
+def base_source(base: str) -> str:
+    from guardtune.backbone import resolve_base_dir
+
+    return str(resolve_base_dir(base))
+
+
+# -- the three kinds of path (each runs in its own process unless --no-isolate) ----------------------
+
+
+def run_seeds(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dict[str, Any]:
+    """(a) AutoModelForCausalLM + PEFT adapter, greedy generate(), one prompt at a time, fp32."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from guardtune.methods.prompting import PromptEncoder
+    from guardtune.modeldir import read_manifest
+
+    manifest = read_manifest(spec["model"])
+    source = base_source(spec["base"])
+    tokenizer = _tokenizer(source)
+    model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, spec["model"]).eval()
+    prompt = PromptEncoder.for_task(manifest.task, tokenizer, manifest.max_length)
+    config = model.generation_config
+    config.update(do_sample=False, max_new_tokens=8, top_k=None, top_p=None, temperature=None)
+    config.pad_token_id = tokenizer.pad_token_id
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    config.eos_token_id = sorted({t for t in [*eos, tokenizer.eos_token_id] if t is not None})
+    body, head = parameter_counts(model)
+
+    def classify(text: str) -> tuple[str | None, int, int]:
+        ids = torch.tensor([prompt.encode([text])[0]])
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        new = out[0, ids.shape[1] :]
+        answer = tokenizer.decode(new, skip_special_tokens=True)
+        return parse_label(answer, manifest.task.label_names), ids.shape[1], len(new)
+
+    classify(texts[0])  # warm-up
+    predicted, latencies, flops, tokens = [], [], 0, 0
+    started = time.perf_counter()
+    for text in texts:
+        began = time.perf_counter()
+        label, prompt_tokens, new_tokens = classify(text)
+        latencies.append(time.perf_counter() - began)
+        predicted.append(label)
+        # prefill + (new - 1) decoding steps run the body; every new token needs one LM-head row set
+        tokens += prompt_tokens + max(new_tokens - 1, 0)
+        flops += 2 * (body * (prompt_tokens + max(new_tokens - 1, 0)) + head * new_tokens)
+    seconds = time.perf_counter() - started
+    unparsed = sum(p is None for p in predicted)
+    names = manifest.task.label_names
+    return {
+        "predicted": predicted,
+        "seconds": seconds,
+        "latencies": latencies,
+        "tokens": tokens,
+        "flops": flops,
+        "flops_per_token": 2 * body,
+        "macro_f1": macro_f1(names, labels, [p or "" for p in predicted]),
+        "note": f"LM head {head:,} params per generated token; {unparsed} answer(s) unparsed",
+    }
+
+
+def run_seqcls(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dict[str, Any]:
+    """(b) AutoModelForSequenceClassification + PEFT LoRA, batched, fp32 (untrained head)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    source = base_source(spec["base"])
+    tokenizer = _tokenizer(source)
+    model: Any = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(spec["labels"]), dtype=torch.float32
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    lora = spec["lora"]
+    config = LoraConfig(
+        task_type="SEQ_CLS",
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+    )
+    model = get_peft_model(model, config).eval()
+    body, _ = parameter_counts(model)
+    batch_size = spec["batch_size"]
+
+    def classify(batch: list[str]) -> list[int]:
+        encoded = tokenizer(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**encoded).logits
+        return [int(i) for i in logits.argmax(dim=-1)]
+
+    classify(texts[:batch_size])  # warm-up
+    predicted: list[int] = []
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch_size):
+        predicted += classify(texts[start : start + batch_size])
+    seconds = time.perf_counter() - started
+    latencies = []
+    for text in texts[: spec["latency_n"]]:
+        began = time.perf_counter()
+        classify([text])
+        latencies.append(time.perf_counter() - began)
+    tokens = sum(len(ids) for ids in tokenizer(texts)["input_ids"])
+    names = spec["labels"]
+    return {
+        "predicted": [names[i] for i in predicted],
+        "seconds": seconds,
+        "latencies": latencies,
+        "tokens": tokens,
+        "flops": 2 * body * tokens,
+        "flops_per_token": 2 * body,
+        "macro_f1": None,
+        "note": "untrained classification head (random init): speed only, no accuracy",
+    }
+
+
+def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dict[str, Any]:
+    """(c) guardtune: Classifier.predict_proba (length-bucketed batches, prefix reuse, no LM head)."""
+    from guardtune.api import Classifier
+    from guardtune.infer import _fits_window
+
+    classifier = Classifier.load(spec["model"], dtype=spec["dtype"])
+    method = classifier.method
+    body, _ = parameter_counts(method.backbone.peft_model)
+    batch_size = spec["batch_size"]
+    classifier.predict_proba(texts[:batch_size], batch_size=batch_size)  # warm-up (prefix cache too)
+    started = time.perf_counter()
+    scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False)
+    seconds = time.perf_counter() - started
+    latencies = []
+    for text in texts[: spec["latency_n"]]:
+        began = time.perf_counter()
+        classifier.predict_proba(text, calibrated=False)
+        latencies.append(time.perf_counter() - began)
+    encoded = method.encode(texts)
+    reused = len(method.shared_prefix) if method.shared_prefix and _fits_window(method, encoded) else 0
+    tokens = sum(len(ids) - reused for ids in encoded)
+    names = classifier.labels
+    predicted = [names[i] for i in scores.argmax(axis=1)]
+    return {
+        "predicted": predicted,
+        "seconds": seconds,
+        "latencies": latencies,
+        "tokens": tokens,
+        "flops": 2 * body * tokens,
+        "flops_per_token": 2 * body,
+        "macro_f1": macro_f1(names, labels, predicted),
+        "note": f"dtype {classifier.method.backbone.dtype}; prompt prefix of {reused} tokens reused"
+        if reused
+        else f"dtype {classifier.method.backbone.dtype}",
+    }
+
+
+def _tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+RUNNERS = {SEEDS: run_seeds, SEQCLS: run_seqcls, GUARDTUNE: run_guardtune}
+
+
+def quiet() -> None:
+    """No per-load progress bars or missing-weight reports (the untrained (b) head is expected)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def run_worker(spec_path: Path) -> None:
+    """One path, in this process: read the spec and the messages, write the result."""
+    quiet()
+    import peft  # noqa: F401  (imports before the baseline RSS reading: every path needs them)
+
+    import guardtune.api  # noqa: F401
+
+    imports_rss = current_rss_mb()
+    spec = json.loads(spec_path.read_text())
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    data = json.loads(Path(spec["data"]).read_text())
+    texts, labels = data["texts"][: spec["n"]], data["labels"][: spec["n"]]
+    result = RUNNERS[spec["kind"]](spec, texts, labels)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["imports_rss_mb"] = imports_rss
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+def run_path(spec: dict[str, Any], work: Path, isolate: bool) -> dict[str, Any]:
+    index = len(list(work.glob("spec-*.json")))
+    spec_path = work / f"spec-{index}.json"
+    spec["out"] = str(work / f"result-{index}.json")
+    spec_path.write_text(json.dumps(spec))
+    label = f"{spec['kind']} {spec.get('method') or ''}".strip()
+    print(f"measuring {label} on {spec['n']} messages...", file=sys.stderr, flush=True)
+    if isolate:
+        completed = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], check=False)
+        if completed.returncode != 0:
+            raise SystemExit(f"{label}: worker failed with exit code {completed.returncode}")
+    else:
+        run_worker(spec_path)
+    result: dict[str, Any] = json.loads(Path(spec["out"]).read_text())
+    return result
+
+
+# -- models to measure ------------------------------------------------------------------------------
+
+
+def train_models(args: argparse.Namespace, work: Path) -> list[Path]:
+    """A short model per method, trained with guardtune.api.train on one shared backbone."""
+    from guardtune.api import train
+    from guardtune.backbone import load_backbone
+    from guardtune.data.synth import generate
+    from guardtune.train import TrainSettings
+
+    data = work / "train.csv"
+    generate("pii-intent", args.train_rows, args.seed).to_csv(data, index=False)
+    backbone = load_backbone(args.base, dtype=args.dtype)
+    models = []
+    for method in args.methods:
+        print(f"training {method} for {args.train_steps} steps...", file=sys.stderr, flush=True)
+        settings = TrainSettings(
+            max_steps=args.train_steps,
+            batch_size=args.train_batch_size,
+            max_length=args.max_length,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+        out = work / f"model-{method}"
+        train("pii-intent", data, out, base=args.base, method=method, settings=settings, backbone=backbone)
+        models.append(out)
+    del backbone
+    return models
+
+
+def machine() -> dict[str, Any]:
+    from guardtune.backbone import cpu_supports_bf16
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_supports_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    config, peak = result["config"], result["peak_matmul"]
+    lines = [
+        f"Base `{config['base']}`, {config['n']} synthetic pii-intent messages "
+        f"(mean {config['mean_message_tokens']:.1f} tokens), {result['machine']['cpu']}, "
+        f"{result['machine']['cores']} cores, torch {result['machine']['torch']} "
+        f"({result['machine']['torch_threads']} threads). Peak matmul {config['matmul_size']}^2: "
+        f"bf16 {peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.",
+        "",
+        "| path | method | msgs | msg/s | x (a) | x (b) | p50 ms | p95 ms | peak RSS MB "
+        "| % bf16 peak | macro-F1 | agrees with (a) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in result["paths"]:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["path"],
+                    row["method"] or "-",
+                    str(row["n"]),
+                    fmt(row["messages_per_s"], 2),
+                    fmt(row["ratio_to_seeds"], 1),
+                    fmt(row["ratio_to_seqcls"], 2),
+                    fmt(row["p50_ms"], 0),
+                    fmt(row["p95_ms"], 0),
+                    fmt(row["peak_rss_mb"], 0),
+                    fmt(None if row["fraction_of_bf16_peak"] is None else 100 * row["fraction_of_bf16_peak"]),
+                    fmt(row["macro_f1"], 3),
+                    fmt(row["agreement_with_seeds"], 3),
+                ]
+            )
+            + " |"
+        )
+    lines += ["", *(f"- {note}" for note in result["notes"])]
+    return "\n".join(lines) + "\n"
+
+
+def build_row(
+    path: str, spec: dict[str, Any], raw: dict[str, Any], peak_bf16: float, isolate: bool
+) -> dict[str, Any]:
+    seconds = raw["seconds"]
+    achieved = raw["flops"] / seconds if seconds > 0 else None
+    return {
+        "path": path,
+        "kind": spec["kind"],
+        "method": spec.get("method"),
+        "adapter": spec.get("model"),
+        "dtype": spec.get("dtype", "fp32"),
+        "batch_size": spec.get("batch_size", 1),
+        "n": spec["n"],
+        "seconds": seconds,
+        "messages_per_s": spec["n"] / seconds if seconds > 0 else None,
+        "ratio_to_seeds": None,
+        "ratio_to_seqcls": None,
+        "latency_n": len(raw["latencies"]),
+        "p50_ms": percentile_ms(raw["latencies"], 50),
+        "p95_ms": percentile_ms(raw["latencies"], 95),
+        "peak_rss_mb": raw["peak_rss_mb"],
+        "imports_rss_mb": raw["imports_rss_mb"],
+        "rss_scope": "this path alone (fresh process)" if isolate else "whole benchmark process so far",
+        "tokens": raw["tokens"],
+        "flops_per_token": raw["flops_per_token"],
+        "achieved_tflops": achieved / 1e12 if achieved is not None else None,
+        "fraction_of_bf16_peak": achieved / peak_bf16 if achieved is not None else None,
+        "macro_f1": raw["macro_f1"],
+        "agreement_with_seeds": None,
+        "note": raw["note"],
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--base", default="gemma-3-270m", help="HF dir, .gguf or gemma-3-270m")
+    parser.add_argument("--model", type=Path, action="append", default=[], help="trained model dir")
+    parser.add_argument("--train-steps", type=int, default=40, help="without --model: steps per method")
+    parser.add_argument("--train-rows", type=int, default=1200, help="without --model: training rows")
+    parser.add_argument("--train-batch-size", type=int, default=16)
+    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    parser.add_argument("--n", type=int, default=1000, help="messages per path")
+    parser.add_argument("--slow-n", type=int, help="messages for (a), one at a time (default: --n)")
+    parser.add_argument("--latency-n", type=int, default=50, help="single-message calls for p50/p95")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size of (b) and (c)")
+    parser.add_argument("--dtype", default="auto", help="guardtune's dtype: auto, bf16 or fp32")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-isolate", action="store_true", help="run every path in this process")
+    parser.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--markdown", type=Path, help="write the table here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(args.worker)
+        return {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from guardtune.data.synth import generate
+    from guardtune.modeldir import read_manifest
+
+    isolate = not args.no_isolate
+    work = args.work or Path(tempfile.mkdtemp(prefix="guardtune-bench-predict-"))
+    work.mkdir(parents=True, exist_ok=True)
+    models = list(args.model) or train_models(args, work)
+    manifests = {path: read_manifest(path) for path in models}
+    bases = {m.base for m in manifests.values()}
+    if args.model and len(bases) > 1:
+        raise SystemExit(f"--model: the models have different bases ({', '.join(sorted(bases))})")
+    base = next(iter(bases)) if args.model else args.base
+    task = next(iter(manifests.values())).task
+    slow_n = min(args.slow_n or args.n, args.n)
+
+    frame = generate("pii-intent", args.n, args.seed + 1000, split="check")
+    texts, gold = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
+    data = work / "messages.json"
+    data.write_text(json.dumps({"texts": texts, "labels": gold}))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_source(base))
+    mean_tokens = float(np.mean([len(ids) for ids in tokenizer(texts)["input_ids"]]))
+
+    peak_bf16 = matmul_peak(args.matmul_size, torch.bfloat16)
+    peak_fp32 = matmul_peak(args.matmul_size, torch.float32)
+
+    common = {"base": base, "data": str(data), "threads": args.threads, "latency_n": args.latency_n}
+    rows: list[dict[str, Any]] = []
+    predictions: dict[tuple[str, str], list[Any]] = {}
+    by_method = {manifests[path].method: path for path in models}
+    seed_methods = [m for m in PROMPT_METHODS if m in by_method] or [next(iter(by_method))]
+    for method in seed_methods:
+        spec = {**common, "kind": SEEDS, "method": method, "model": str(by_method[method]), "n": slow_n}
+        spec["dtype"] = "fp32"
+        raw = run_path(spec, work, isolate)
+        rows.append(
+            build_row("(a) seeds: generate 8 tokens, 1 at a time, fp32", spec, raw, peak_bf16, isolate)
+        )
+        predictions[(SEEDS, method)] = raw["predicted"]
+    lora = next(iter(manifests.values())).lora
+    spec = {**common, "kind": SEQCLS, "n": args.n, "batch_size": args.batch_size, "dtype": "fp32"}
+    spec.update(lora=lora, labels=task.label_names, method=None)
+    raw = run_path(spec, work, isolate)
+    rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_bf16, isolate))
+    for method, path in by_method.items():
+        spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": args.n}
+        spec.update(batch_size=args.batch_size, dtype=args.dtype)
+        raw = run_path(spec, work, isolate)
+        row = build_row("(c) guardtune predict_proba", spec, raw, peak_bf16, isolate)
+        seeds = predictions.get((SEEDS, method))
+        if seeds is not None:
+            fast = raw["predicted"][: len(seeds)]
+            row["agreement_with_seeds"] = float(np.mean([a == b for a, b in zip(fast, seeds, strict=True)]))
+        rows.append(row)
+
+    seeds_speed = rows[0]["messages_per_s"]
+    seqcls_speed = next(r["messages_per_s"] for r in rows if r["kind"] == SEQCLS)
+    for row in rows:
+        speed = row["messages_per_s"]
+        row["ratio_to_seeds"] = speed / seeds_speed if speed and seeds_speed else None
+        row["ratio_to_seqcls"] = speed / seqcls_speed if speed and seqcls_speed else None
+    notes = [
+        f"(a) ran on the first {slow_n} of the {args.n} messages, with the adapter of "
+        f"{', '.join(seed_methods)}; x (a) is against the first (a) row "
+        f"({rows[0]['method']}). Greedy, up to 8 new tokens, label parsed from the text.",
+        "(b) has a randomly initialised, untrained classification head: its speed is meaningful, "
+        "its predictions are not (macro-F1 n/a).",
+        "macro-F1 uses the most likely label (no policy thresholds) against the synthetic gold "
+        "labels (check split: templates the training generator never uses); 'agrees with (a)' is "
+        "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
+        "the same adapter's generated text.",
+        f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
+        "all its calls count).",
+        "peak RSS: "
+        + (
+            "each path in a fresh process (Linux VmHWM), so the figure is that path alone: Python, "
+            "torch, transformers, peft and guardtune imported, the model, the messages."
+            if isolate
+            else "every path ran in one process: the figure is the process's peak so far, not the path's own."
+        )
+        + " `imports_rss_mb` in the JSON is the worker's RSS after the imports, before any model.",
+        "% bf16 peak: useful FLOPs / wall time / measured bf16 matmul peak; useful FLOPs = 2 x "
+        "(non-embedding + LoRA parameters) per token the path computes (non-pad tokens; guardtune "
+        "skips the reused prompt prefix), plus the full LM head per generated token for (a); "
+        "guardtune's label rows and linear head are not counted.",
+    ]
+    if not any(m in PROMPT_METHODS for m in by_method):
+        notes.append(
+            f"no prompt-based model given: (a) ran with the {seed_methods[0]} adapter, which is not "
+            "trained to generate a label, so its macro-F1 means nothing (its speed does)."
+        )
+    result = {
+        "config": {
+            "work": str(work),
+            "base": base,
+            "n": args.n,
+            "slow_n": slow_n,
+            "latency_n": args.latency_n,
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "methods": list(by_method),
+            "models": {m: str(p) for m, p in by_method.items()},
+            "isolated_processes": isolate,
+            "matmul_size": args.matmul_size,
+            "mean_message_tokens": mean_tokens,
+        },
+        "machine": machine(),
+        "peak_matmul": {"bf16_tflops": peak_bf16 / 1e12, "fp32_tflops": peak_fp32 / 1e12},
+        "paths": rows,
+        "notes": notes,
+    }
+    table = markdown(result)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.write_text(table)
+    return result
+
+
+if __name__ == "__main__":
+    main()

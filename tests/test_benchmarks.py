@@ -1,0 +1,112 @@
+"""The benchmark scripts run end to end on the tiny model and write well-formed results.
+
+Only the output's shape is checked: speed figures from a tiny random model mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.benchmark_smoke
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """The scripts run with --threads 1; give the rest of the session its thread count back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_bench_predict_writes_json_and_markdown(
+    tiny_base_wide_window: str, tmp_path: Path, one_thread: None
+) -> None:
+    bench = load_script("bench_predict")
+    out_json, out_md = tmp_path / "predict.json", tmp_path / "predict.md"
+    bench.main(
+        [
+            "--base", tiny_base_wide_window, "--methods", "head", "label-tokens",
+            "--train-steps", "1", "--train-rows", "12", "--train-batch-size", "4",
+            "--n", "6", "--latency-n", "2", "--batch-size", "4", "--matmul-size", "128",
+            "--threads", "1", "--no-isolate", "--work", str(tmp_path / "work"),
+            "--json", str(out_json), "--markdown", str(out_md),
+        ]
+    )  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"config", "machine", "peak_matmul", "paths", "notes"}
+    assert result["config"]["n"] == 6 and result["config"]["methods"] == ["head", "label-tokens"]
+    assert is_number(result["peak_matmul"]["bf16_tflops"]) and result["peak_matmul"]["bf16_tflops"] > 0
+    paths = result["paths"]
+    assert [(p["kind"], p["method"]) for p in paths] == [
+        ("seeds", "label-tokens"),
+        ("seqcls", None),
+        ("guardtune", "head"),
+        ("guardtune", "label-tokens"),
+    ]
+    for path in paths:
+        assert set(path) == set(bench.RESULT_KEYS)
+        for key in ("messages_per_s", "ratio_to_seeds", "ratio_to_seqcls", "p50_ms", "p95_ms"):
+            assert is_number(path[key]) and path[key] > 0, (path["path"], key)
+        assert is_number(path["peak_rss_mb"]) and is_number(path["fraction_of_bf16_peak"])
+        assert path["tokens"] > 0
+    seeds, seqcls, head, label_tokens = paths
+    assert seeds["ratio_to_seeds"] == pytest.approx(1.0) and seqcls["ratio_to_seqcls"] == pytest.approx(1.0)
+    assert seqcls["macro_f1"] is None and "untrained" in seqcls["note"]
+    assert 0.0 <= label_tokens["macro_f1"] <= 1.0 and 0.0 <= label_tokens["agreement_with_seeds"] <= 1.0
+    assert head["agreement_with_seeds"] is None  # no (a) run for a method that does not generate
+    table = out_md.read_text()
+    assert "| path | method |" in table and table.count("(c) guardtune") == 2
+
+
+def test_bench_train_writes_json_and_markdown(
+    tiny_base_wide_window: str, tmp_path: Path, one_thread: None
+) -> None:
+    bench = load_script("bench_train")
+    out_json, out_md = tmp_path / "train.json", tmp_path / "train.md"
+    bench.main(
+        [
+            "--base", tiny_base_wide_window, "--methods", "head", "generate",
+            "--steps", "2", "--batch-size", "2", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--json", str(out_json), "--markdown", str(out_md),
+        ]
+    )  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"config", "machine", "rows", "notes"}
+    rows = result["rows"]
+    assert [(r["trainer"], r["method"]) for r in rows] == [
+        ("guardtune", "head"),
+        ("guardtune", "generate"),
+        ("trl", None),
+        ("trl", None),
+    ]
+    for row in rows:
+        assert set(row) == set(bench.RESULT_KEYS)
+        assert row["error"] is None, row["error"]
+        assert row["examples"] == 4 and is_number(row["examples_per_s"]) and row["examples_per_s"] > 0
+        assert is_number(row["mean_tokens_per_example"])
+    for row in rows[:2]:
+        assert is_number(row["ratio_to_trl"]) and len(row["ratios"]) == 2
+    assert "gradient checkpointing on" in rows[2]["variant"] and "off" in rows[3]["variant"]
+    assert "| trainer |" in out_md.read_text()

@@ -1,0 +1,94 @@
+"""Inference engine: streaming files of any size, chunk-independent output, bf16 against fp32."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from guardtune.api import Classifier, predict_file, train
+from guardtune.data.readers import load_examples
+from guardtune.task import load_task
+from guardtune.train import TrainSettings
+
+TASK = load_task("pii-intent")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, dtype="fp32")
+    out = tmp_path_factory.mktemp("infer") / "model"
+    return train(TASK, toy_files["train"], out, base=tiny_base, settings=settings).directory
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_output_does_not_depend_on_chunk_size(
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path, suffix: str
+) -> None:
+    source = pd.read_csv(toy_files["test"])
+    data = tmp_path / f"in{suffix}"
+    {
+        ".csv": source.to_csv,
+        ".jsonl": lambda p, **_: source.to_json(p, orient="records", lines=True),
+        ".parquet": source.to_parquet,
+    }[suffix](data, index=False)
+    classifier = Classifier.load(model_dir, dtype="fp32")
+    whole, chunked = tmp_path / f"whole{suffix}", tmp_path / f"chunked{suffix}"
+    counts = predict_file(classifier, data, whole, chunk_rows=10_000, progress=False)
+    assert predict_file(classifier, data, chunked, chunk_rows=7, progress=False) == counts
+    read = {
+        ".csv": pd.read_csv,
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".parquet": pd.read_parquet,
+    }[suffix]
+    pd.testing.assert_frame_equal(read(whole), read(chunked))
+    assert sum(counts.values()) == len(source)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_bf16_and_fp32_agree_on_labels(model_dir: Path, toy_files: dict[str, Path]) -> None:
+    texts = load_examples(toy_files["test"], TASK).texts
+    fp32 = Classifier.load(model_dir, dtype="fp32").predict_proba(texts)
+    bf16 = Classifier.load(model_dir, dtype="bf16").predict_proba(texts)
+    assert (fp32.argmax(axis=1) == bf16.argmax(axis=1)).all()
+    assert np.abs(fp32 - bf16).max() < 0.1
+
+
+_MEASURE = """
+import json, sys
+from guardtune.api import Classifier, predict_file
+classifier = Classifier.load(sys.argv[1], dtype="fp32")
+predict_file(classifier, sys.argv[2], sys.argv[3], chunk_rows=1000, progress=False)
+# VmHWM is this process's own peak; ru_maxrss would carry the parent's peak across exec.
+status = open("/proc/self/status").read()
+print(json.dumps({"max_rss_kb": int(status.split("VmHWM:")[1].split()[0])}))
+"""
+
+
+def _peak_rss_mb(model_dir: Path, data: Path, out: Path) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(model_dir), str(data), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])["max_rss_kb"] / 1024
+
+
+def test_streaming_predict_keeps_memory_flat(model_dir: Path, tmp_path: Path) -> None:
+    # Rows carry a 10 KB column the model never reads, so holding the file whole would show:
+    # 15,000 rows are 150 MB of payload, 1,500 rows 15 MB.
+    payload = "x" * 10_000
+    sizes = {}
+    for n in (1_500, 15_000):
+        data = tmp_path / f"in-{n}.csv"
+        frame = pd.DataFrame({"text": ["gg nice game", "whats ur number", "my mail is here"] * (n // 3 + 1)})
+        frame = frame.iloc[:n].assign(payload=payload)
+        frame.to_csv(data, index=False)
+        sizes[n] = _peak_rss_mb(model_dir, data, tmp_path / f"out-{n}.csv")
+        assert len(pd.read_csv(tmp_path / f"out-{n}.csv", usecols=["label"])) == n
+    assert sizes[15_000] - sizes[1_500] < 40, sizes
