@@ -101,16 +101,17 @@ def decoder_states_after(
     )
 
 
-def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tensor | None) -> torch.Tensor:
     """The causal LM's logits for ``token_ids`` only: exactly those entries of the full head.
 
-    Applies the model's final logit soft-capping when its config has one (Gemma 2 does).
+    ``None`` means every row (the full vocabulary). Applies the model's final logit soft-capping
+    when its config has one (Gemma 2 does).
     """
     head: Any = backbone.model.get_output_embeddings()
-    weight = head.weight[token_ids]
+    weight = head.weight if token_ids is None else head.weight[token_ids]
     logits = hidden.to(weight.dtype) @ weight.T
     if getattr(head, "bias", None) is not None:
-        logits = logits + head.bias[token_ids]
+        logits = logits + (head.bias if token_ids is None else head.bias[token_ids])
     logits = logits.float()
     cap = getattr(backbone.model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:

@@ -96,17 +96,12 @@ class GenerateMethod(nn.Module):
         self.answers = self._answers()
         self.by_text = {answer.text: answer for answer in self.answers}
         self.trie = _build_trie(self.answers)
-        self.vocab = sorted({t for answer in self.answers for t in answer.tokens})
         self.distill: tuple[float, float] | None = None
         self.logits_in_forward = False
         self.shared_prefix = self.prompt.prefix
         self._prefix: PrefixState | None = None
         self.longest_answer = max(len(answer.tokens) for answer in self.answers)
         self._collator = DataCollatorForSeq2Seq(backbone.tokenizer, label_pad_token_id=IGNORE, padding=True)
-        self._vocab_tensor = torch.tensor(self.vocab, device=backbone.device)
-        lookup = torch.full((max(self.vocab) + 1,), -1, dtype=torch.long)
-        lookup[self._vocab_tensor.cpu()] = torch.arange(len(self.vocab))
-        self._vocab_index = lookup.to(backbone.device)
         if task.mode == "multi":
             firsts = [
                 self.by_text[SAFE].tokens[0],
@@ -211,14 +206,19 @@ class GenerateMethod(nn.Module):
         labels: torch.Tensor | None = None,
         soft_labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Loss on the answer tokens only, over the LM-head rows of answer tokens."""
+        """Cross-entropy on the answer tokens only (the prompt is masked out).
+
+        The full vocabulary is scored at the few answer positions only, so the adapter also
+        learns to beat every other token: plain greedy generation then gives the same answers as
+        the constrained decoder, which at inference computes only the rows it can choose.
+        """
         if labels is None:
             return {"logits": self.scores(input_ids, attention_mask)}
         hidden = decoder_states(self, input_ids, attention_mask).last_hidden_state
         targets = labels[:, 1:]
         answer = targets != IGNORE
-        logits = lm_head_rows(self.backbone, hidden[:, :-1][answer], self._vocab_tensor)
-        loss = nn.functional.cross_entropy(logits, self._vocab_index[targets[answer]])
+        logits = lm_head_rows(self.backbone, hidden[:, :-1][answer], None)
+        loss = nn.functional.cross_entropy(logits, targets[answer])
         return {"loss": loss}
 
     # -- inference --------------------------------------------------------------------------
