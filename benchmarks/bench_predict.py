@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -398,24 +396,9 @@ def train_models(args: argparse.Namespace, work: Path) -> list[Path]:
 
 
 def machine() -> dict[str, Any]:
-    from guardtune.backbone import cpu_supports_bf16
+    from guardtune.backbone import describe_machine
 
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "native_bf16": cpu_supports_bf16(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    return describe_machine()
 
 
 # -- the report -----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import platform
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,26 @@ def cpu_supports_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def describe_machine() -> dict[str, Any]:
+    """The CPU, core and thread counts and library versions, for benchmark reports."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "native_bf16": cpu_supports_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def resolve_dtype(name: DtypeName | str) -> torch.dtype:
