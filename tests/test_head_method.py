@@ -72,8 +72,17 @@ def test_predict_returns_labels_with_scores_and_proba_matrix(trained) -> None:
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_merged_adapter_scores_equal_the_unmerged_adapter(trained) -> None:
+    texts = ["whats ur snap", "gg nice", "my number is 0412 555 019"]
+    merged = Classifier.load(trained.directory, dtype="fp32")
+    unmerged = Classifier.load(trained.directory, dtype="fp32", merge=False)
+    assert merged.method.peft_model.get_model_status().merged_adapters == [merged.method.adapter_name]
+    assert unmerged.method.peft_model.get_model_status().merged_adapters == []
+    np.testing.assert_allclose(merged.predict_proba(texts), unmerged.predict_proba(texts), atol=1e-5)
+
+
 def test_adapter_disabled_is_exactly_the_base_model(tiny_base: str, trained) -> None:
-    classifier = Classifier.load(trained.directory, dtype="fp32")
+    classifier = Classifier.load(trained.directory, dtype="fp32", merge=False)
     plain = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
     ids = classifier.method.backbone.tokenizer(
         ["whats ur snap", "gg nice"], return_tensors="pt", padding=True

@@ -14,6 +14,7 @@ import pandas as pd
 from rich.console import Console
 from tqdm.auto import tqdm
 from transformers import set_seed
+from transformers.utils import logging as hf_logging
 
 from guardtune.atomic import atomic_dir
 from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
@@ -39,9 +40,10 @@ from guardtune.eval.calibration import objective_for, threshold_labels
 from guardtune.eval.model_card import write_model_card
 from guardtune.infer import predict_scores
 from guardtune.methods import get_method
+from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import Manifest, read_manifest
 from guardtune.task import TaskSpec, load_task
-from guardtune.train import FitResult, TrainSettings, fit
+from guardtune.train import FitResult, TrainSettings, fit, process_state
 
 console = Console(stderr=True)
 
@@ -86,6 +88,7 @@ class Classifier:
         dtype: str = "auto",
         backbone: Backbone | None = None,
         adapter_name: str | None = None,
+        merge: bool | None = None,
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -95,6 +98,8 @@ class Classifier:
             backbone: an already loaded base to share (it must be the one the model was trained
                 on); several models then hold one copy of the base weights.
             adapter_name: the adapter's name on a shared backbone (default: a free name).
+            merge: fold the adapter into the base weights for faster inference. The default
+                merges when this model owns its backbone (no ``backbone`` given).
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, or a bad
@@ -103,11 +108,14 @@ class Classifier:
         directory = Path(directory)
         manifest = read_manifest(directory)
         calibration = read_calibration(directory, manifest.task)
+        owns_backbone = backbone is None
         backbone = backbone or load_backbone(manifest.base, dtype=dtype)
         method_cls = get_method(manifest.method)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )
+        if owns_backbone if merge is None else merge:
+            merge_for_inference(backbone, method.adapter_name)
         return cls(method, manifest, directory, calibration)
 
     @property
@@ -171,6 +179,8 @@ class TrainReport:
     counts: dict[str, dict[str, int]]
     val_metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # False on the other processes of a multi-process run: they train but write and report nothing.
+    main_process: bool = True
 
 
 def _work_dir(out: Path) -> Path:
@@ -226,9 +236,18 @@ def train(
     if val_rows is not None and val_rows.labels is not None:
         counts["validation"] = label_counts(spec, val_rows.labels)
     work_dir = _work_dir(out)
-    if work_dir.exists() and not resume:
+    # Under `accelerate launch` / `torchrun` every process runs this function; only the main one
+    # touches the file system, and the others wait for it where they would otherwise race.
+    state = process_state()
+    if not state.is_main_process:
+        hf_logging.disable_progress_bar()  # one set of loading bars, the main process's
+    if state.is_main_process and work_dir.exists() and not resume:
         shutil.rmtree(work_dir)
-    backbone = backbone or load_backbone(base, dtype=settings.dtype)
+    state.wait_for_everyone()
+    if backbone is None:
+        # The main process converts and caches a GGUF base first; the others then load the cache.
+        with state.main_process_first():
+            backbone = load_backbone(base, dtype=settings.dtype)
     set_seed(settings.seed)
     model = method_cls.create(backbone, spec, settings.lora, settings.max_length, train_rows.labels)
     result = fit(
@@ -255,9 +274,14 @@ def train(
             "examples_per_second": round(result.examples_per_second, 2),
             "train_loss": result.train_loss,
             "counts": counts,
+            "processes": result.processes,
+            "global_batch_size": settings.batch_size * settings.gradient_accumulation * result.processes,
         },
     )
     classifier = Classifier(model, manifest)
+    if not state.is_main_process:
+        state.wait_for_everyone()  # returns once the main process has written the model directory
+        return TrainReport(classifier, out, result, counts, None, notes, main_process=False)
     val_metrics = None
     if val_rows is not None and val_rows.labels is not None:
         val_metrics = score_examples(classifier, val_rows)[0]
@@ -267,6 +291,7 @@ def train(
         write_model_card(tmp, manifest, {"validation": val_metrics} if val_metrics else {})
     shutil.rmtree(work_dir, ignore_errors=True)
     classifier.directory = out
+    state.wait_for_everyone()
     return TrainReport(classifier, out, result, counts, val_metrics, notes)
 
 

@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from guardtune.api import Classifier
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.errors import GuardtuneError
+from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import read_manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -94,6 +95,10 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]
         backbone = backbones[key]
         classifier = Classifier.load(directory, backbone=backbone, adapter_name=name)
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
+    for backbone in backbones.values():
+        hosted = [g for g in guards.values() if g.backbone is backbone]
+        if len(hosted) == 1:
+            merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
     return guards
 
 
@@ -115,7 +120,11 @@ class Reply:
 
 
 def generate_reply(backbone: Backbone, messages: list[dict[str, str]], max_new_tokens: int) -> Reply:
-    """The base model's greedy reply with every adapter disabled (exactly the base chat model)."""
+    """The base model's greedy reply with every adapter disabled.
+
+    A guard merged into its base for speed is unmerged by PEFT on the first such request; in
+    bf16 the restored base weights may differ from the originals by one rounding step.
+    """
     tokenizer = backbone.tokenizer
     ids = prompt_ids(tokenizer, messages)
     input_ids = torch.tensor([ids], device=backbone.device)
