@@ -1,0 +1,46 @@
+"""A trained model directory as one plain model: the LoRA adapter merged into a fresh fp32 base."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from guardtune.backbone import load_backbone
+from guardtune.methods import get_method
+from guardtune.modeldir import Manifest, read_manifest
+
+
+@dataclass
+class MergedModel:
+    """The merged causal LM, its tokenizer, and the method that knows the head, labels and prompt."""
+
+    directory: Path
+    manifest: Manifest
+    method: Any
+    model: PreTrainedModel
+    tokenizer: Any
+
+
+def merge_model(directory: str | Path) -> MergedModel:
+    """Load ``directory`` on a freshly loaded fp32 base and merge its adapter into the weights.
+
+    fp32 so the merged weights are the adapter's exact sum, whatever dtype the model trained in;
+    exports choose their own storage dtype afterwards.
+
+    Raises:
+        GuardtuneError: not a model directory, or its base cannot be loaded.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    backbone = load_backbone(manifest.base, dtype="fp32")
+    method = get_method(manifest.method).load(directory, backbone, manifest.task, manifest.max_length)
+    method.eval()
+    with torch.no_grad():
+        model = backbone.peft_model.merge_and_unload()
+    model.to("cpu")
+    model.eval()
+    return MergedModel(directory, manifest, method, model, backbone.tokenizer)
