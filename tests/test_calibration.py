@@ -23,10 +23,13 @@ from guardtune.eval.calibration import (
     fit_temperature,
     read_calibration,
 )
-from guardtune.task import load_task
+from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 
-MODERATION = load_task("moderation")
+# A two-label safe/unsafe task (the built-in moderation task is a multi-label guard).
+MODERATION = task_from_dict(
+    {"name": "safe-unsafe", "mode": "single", "labels": {"safe": "harmless", "unsafe": "harmful"}}
+)
 PII_INTENT = load_task("pii-intent")
 PII_CATEGORIES = load_task("pii-categories")
 
@@ -299,7 +302,7 @@ def test_calibrate_cli_then_load_predict_and_eval(
         (["--max-fpr", "0.05", "--min-recall", "0.9"], "give at most one target"),
         (["--max-fpr", "1.5"], "--max-fpr 1.5: expected a number strictly between 0 and 1"),
         (["--min-recall", "0"], "--min-recall 0: expected a number strictly between 0 and 1"),
-        (["--label", "nsfw"], "--label 'nsfw': not a label of task moderation"),
+        (["--label", "nsfw"], "--label 'nsfw': not a label of task safe-unsafe"),
     ],
 )
 def test_calibrate_cli_errors_are_one_line(

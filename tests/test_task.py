@@ -14,7 +14,9 @@ def test_builtin_tasks_load_with_their_labels() -> None:
     assert categories.mode == "multi"
     assert categories.label_names == ["S1", "S2", "S3", "S4", "S5"]
     assert categories.label_column == "labels"
-    assert load_task("moderation").label_names == ["safe", "unsafe"]
+    moderation = load_task("moderation")
+    assert moderation.mode == "multi" and moderation.overall == "unsafe"
+    assert moderation.label_names[0] == "unsafe" and "hate" in moderation.categories
 
 
 def test_task_file_reports_every_problem_at_once(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from guardtune.long_text import message_budget, text_windows
 from guardtune.methods.common import pad_batch
 
 
@@ -26,16 +27,23 @@ def predict_scores(
     progress: bool = False,
     desc: str = "Scoring",
     reuse_prefix: bool = True,
+    long_text: str | None = None,
 ) -> np.ndarray:
     """Per-label probabilities for ``texts`` as a ``(len(texts), n_labels)`` float array.
 
     Rows are scored in length order so each batch carries little padding; the result is returned
     in input order. For methods whose prompts share a prefix (the instruction), the prefix's
     key/value cache is computed once and each batch runs only its messages' own tokens.
+
+    Args:
+        long_text: ``head-tail`` or ``windows`` (see :mod:`guardtune.long_text`); default: the
+            task's setting.
     """
     n_labels = len(method.task.labels)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
+    if (long_text or method.task.long_text) == "windows":
+        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix)
     encoded = method.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(texts), n_labels), dtype=np.float32)
@@ -60,3 +68,27 @@ def predict_scores(
     finally:
         method.train(was_training)
     return scores
+
+
+def _most_flagged_window(
+    method: Any, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
+) -> np.ndarray:
+    """Score every window of every text; each text gets the scores of its most flagged window."""
+    budget = message_budget(method)
+    owners: list[int] = []
+    windows: list[str] = []
+    for index, text in enumerate(texts):
+        pieces = text_windows(method.backbone.tokenizer, text, budget)
+        windows += pieces
+        owners += [index] * len(pieces)
+    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail")
+    if len(windows) == len(texts):
+        return scores
+    flagged = method.task.flag_scores(scores)
+    owner = np.array(owners)
+    best = np.full(len(texts), -1)
+    for row in range(len(windows)):
+        current = best[owner[row]]
+        if current < 0 or flagged[row] > flagged[current]:
+            best[owner[row]] = row
+    return scores[best]

@@ -17,7 +17,12 @@ import yaml
 from guardtune.errors import GuardtuneError
 
 Mode = Literal["single", "multi"]
+LongText = Literal["head-tail", "windows"]
+LONG_TEXT_MODES: tuple[str, ...] = ("head-tail", "windows")
 _KNOWN_KEYS = {
+    "overall",
+    "category_column",
+    "long_text",
     "name",
     "mode",
     "labels",
@@ -62,6 +67,15 @@ class TaskSpec:
             and optionally ``{instruction}``, ``{labels}`` and ``{categories}``.
         policy: decision policy applied by predict, eval and serve.
         negative_label: name of the "nothing flagged" outcome of a multi-label task.
+        overall: for a multi-label guard, the label that is the overall decision (``unsafe``);
+            the other labels are then harm categories, which only count when it is on. Its gold
+            value comes from ``label_column`` (``safe`` / ``unsafe``), categories from
+            ``category_column``; an ``unsafe`` row that names no category leaves the categories
+            unknown (masked out of the loss and of per-category metrics).
+        category_column: column of comma-separated category names (``overall`` tasks only).
+        long_text: how a text longer than the model's max length is read: ``head-tail`` keeps
+            its beginning and end; ``windows`` scores overlapping windows and keeps the most
+            flagged one.
     """
 
     name: str
@@ -73,19 +87,54 @@ class TaskSpec:
     template: str | None = None
     policy: Policy = field(default_factory=Policy)
     negative_label: str = "safe"
+    overall: str | None = None
+    category_column: str = "categories"
+    long_text: LongText = "head-tail"
 
     @property
     def label_names(self) -> list[str]:
         return list(self.labels)
+
+    @property
+    def categories(self) -> list[str]:
+        """Harm categories of an ``overall`` task (every label but the overall one)."""
+        return [n for n in self.labels if n != self.overall] if self.overall else []
+
+    def known_mask(self, labels: list[Any]) -> np.ndarray:
+        """``(rows, labels)`` 1.0 where the gold value of a label is known, from gold label sets.
+
+        Only ``overall`` tasks have unknowns: an unsafe row naming no category says nothing
+        about the categories. A safe row is known negative for every category.
+        """
+        mask = np.ones((len(labels), len(self.labels)), dtype=np.float32)
+        if self.overall is None or self.mode != "multi":
+            return mask
+        category_columns = [i for i, n in enumerate(self.labels) if n != self.overall]
+        for row, active in enumerate(labels):
+            if self.overall in active and len(active) == 1:
+                mask[row, category_columns] = 0.0
+        return mask
+
+    def flag_scores(self, scores: np.ndarray) -> np.ndarray:
+        """One "how flagged" number per row: the overall label's score, else the score of not
+        being the negative label, else the highest label score."""
+        names = self.label_names
+        if self.overall is not None:
+            return scores[:, names.index(self.overall)]
+        if self.mode == "single" and self.negative_label in names:
+            return 1.0 - scores[:, names.index(self.negative_label)]
+        return scores.max(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["policy"] = {k: v for k, v in data["policy"].items() if v not in (None, {}, 0.0)}
         if not data["policy"]:
             del data["policy"]
-        for key in ("instruction", "template"):
+        for key in ("instruction", "template", "overall"):
             if data[key] is None:
                 del data[key]
+        if self.overall is None:
+            del data["category_column"]
         return data
 
     def decide(self, scores: np.ndarray) -> list[Any]:
@@ -99,6 +148,9 @@ class TaskSpec:
         if self.mode == "multi":
             thresholds = np.array([self.policy.thresholds.get(n, 0.5) for n in names])
             active = scores >= thresholds
+            if self.overall is not None:
+                # Categories describe a flagged text; alone they do not flag it.
+                active &= active[:, [names.index(self.overall)]]
             return [[names[j] for j in np.flatnonzero(row)] for row in active]
         decided: list[str] = []
         for row in scores:
@@ -178,6 +230,9 @@ def task_from_dict(raw: Any, source: str = "<task>") -> TaskSpec:
         template=raw.get("template"),
         policy=policy,
         negative_label=str(raw.get("negative_label", "safe")),
+        overall=raw.get("overall"),
+        category_column=str(raw.get("category_column") or "categories"),
+        long_text=raw.get("long_text", "head-tail"),
     )
 
 
@@ -214,6 +269,21 @@ def validate_task_dict(raw: Any) -> list[str]:
     template = raw.get("template")
     if template is not None and (not isinstance(template, str) or template.count("{text}") != 1):
         problems.append("template: expected a string with {text} exactly once")
+    overall = raw.get("overall")
+    if overall is not None:
+        if mode != "multi":
+            problems.append("overall: applies to multi-label tasks only (mode: multi)")
+        if label_names and overall not in label_names:
+            problems.append(f"overall: expected one of the labels {label_names}, found {overall!r}")
+        if overall == raw.get("negative_label", "safe"):
+            problems.append("overall: must differ from negative_label")
+    elif "category_column" in raw:
+        problems.append("category_column: needs overall (the label the categories refine)")
+    if "category_column" in raw and not isinstance(raw["category_column"], str):
+        problems.append("category_column: expected a column name")
+    long_text = raw.get("long_text", "head-tail")
+    if long_text not in LONG_TEXT_MODES:
+        problems.append(f"long_text: expected one of {list(LONG_TEXT_MODES)}, found {long_text!r}")
     problems.extend(_validate_policy(raw.get("policy"), label_names, mode))
     return problems
 

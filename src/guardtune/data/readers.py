@@ -169,6 +169,17 @@ def _cell_text(value: object) -> str:
     return str(value)
 
 
+def _check_text_cells(cells: pd.Series, column: str, path: Path, offset: int) -> None:
+    # JSON lines can carry objects, lists or booleans where a message belongs; str() of those
+    # would be classified as if it were text.
+    for index, value in enumerate(cells):
+        if isinstance(value, dict | list | bool | np.bool_):
+            raise GuardtuneError(
+                f"{path}: {row_name(path, offset + index)}: column {column!r} holds a "
+                f"{type(value).__name__} (expected text)"
+            )
+
+
 def load_examples(path: str | Path, task: TaskSpec, require_labels: bool = True) -> Examples:
     """Read a file and check its texts (and labels) against ``task``.
 
@@ -200,6 +211,7 @@ def examples_from_frame(
     for column in task.text_fields:
         if column not in frame.columns:
             raise _missing_column(path, column, frame, "text")
+        _check_text_cells(frame[column], column, path, offset)
     texts = []
     fields = [frame[c].map(_cell_text).tolist() for c in task.text_fields]
     for index, parts in enumerate(zip(*fields, strict=True)):
@@ -214,6 +226,11 @@ def examples_from_frame(
     if task.label_column in frame.columns:
         raw = frame[task.label_column].map(_cell_text).tolist()
         labels = parse_labels(raw, task, path, offset)
+        if task.overall is not None:
+            categories = None
+            if task.category_column in frame.columns:
+                categories = frame[task.category_column].map(_cell_text).tolist()
+            labels = with_overall(labels, categories, task, path, offset)  # type: ignore[arg-type]
     elif require_labels:
         raise _missing_column(path, task.label_column, frame, "label")
     soft = parse_soft_labels(frame, task, path, offset)
@@ -312,6 +329,35 @@ def parse_labels(raw: list[str], task: TaskSpec, path: Path, offset: int = 0) ->
             )
         multi.append(sorted(set(parts), key=order.__getitem__))
     return multi
+
+
+def with_overall(
+    labels: list[list[str]], categories: list[str] | None, task: TaskSpec, path: Path, offset: int = 0
+) -> list[list[str]]:
+    """Gold label sets of an ``overall`` task: the overall label on for unsafe rows (named or
+    implied by a category), plus categories from the category column, in task order."""
+    assert task.overall is not None
+    order = {name: i for i, name in enumerate(task.label_names)}
+    merged: list[list[str]] = []
+    for index, active in enumerate(labels):
+        extra = [p.strip() for p in (categories[index] if categories else "").split(",") if p.strip()]
+        unknown = [p for p in extra if p not in order or p == task.overall]
+        if unknown:
+            raise GuardtuneError(
+                f"{path}: {row_name(path, offset + index)}: unknown category {unknown[0]!r} in column "
+                f"{task.category_column!r} (expected comma-separated names from: "
+                f"{', '.join(task.categories)})"
+            )
+        if extra and not active:
+            raise GuardtuneError(
+                f"{path}: {row_name(path, offset + index)}: categories {extra} on a "
+                f"{task.negative_label!r} row (expected categories only on {task.overall!r} rows)"
+            )
+        names = set(active) | set(extra)
+        if names:
+            names.add(task.overall)
+        merged.append(sorted(names, key=order.__getitem__))
+    return merged
 
 
 def label_counts(task: TaskSpec, labels: list[str] | list[list[str]]) -> dict[str, int]:

@@ -83,11 +83,14 @@ class ChunkedTableWriter:
 
 
 def predictions_frame(inputs: pd.DataFrame, task: TaskSpec, scores: np.ndarray) -> pd.DataFrame:
-    """Input columns + ``label`` (comma-separated for multi-label) + one ``score_<label>`` each."""
+    """Input columns + ``label`` (comma-separated for multi-label; a guard's unflagged rows say
+    ``safe``) + one ``score_<label>`` each."""
     decided = task.decide(scores)
     # A gold "label" column in the input is kept, renamed, so predictions never overwrite it.
     frame = inputs.rename(columns={"label": "label_input"})
-    frame["label"] = [",".join(x) if isinstance(x, list) else x for x in decided]
+    # A guard (a task with an overall label) names its negative outcome rather than leave it blank.
+    empty = task.negative_label if task.overall is not None else ""
+    frame["label"] = [(",".join(x) or empty) if isinstance(x, list) else x for x in decided]
     for column, name in enumerate(task.label_names):
         frame[f"score_{name}"] = np.round(scores[:, column].astype(np.float64), 6)
     return frame

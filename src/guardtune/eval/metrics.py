@@ -75,7 +75,11 @@ def single_label_metrics(
 
 
 def multi_label_metrics(
-    labels: list[str], y_true: list[list[str]], y_pred: list[list[str]], scores: np.ndarray
+    labels: list[str],
+    y_true: list[list[str]],
+    y_pred: list[list[str]],
+    scores: np.ndarray,
+    known: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics for any subset of labels per row (an empty set is the safe outcome).
 
@@ -84,6 +88,9 @@ def multi_label_metrics(
         y_true: gold label set per row.
         y_pred: predicted label set per row.
         scores: ``(rows, labels)`` independent sigmoid probabilities, used for per-class AUPRC.
+        known: optional ``(rows, labels)`` mask, 0 where a gold value is unknown (a guard task's
+            categories on an unsafe row that names none). Each label is then scored on the rows
+            where it is known, and the whole-row figures on rows where every label is known.
 
     Returns:
         The single-label keys (``accuracy`` is subset accuracy, ``confusion_matrix.matrix`` is one
@@ -107,6 +114,8 @@ def multi_label_metrics(
     # sklearn's labels= for indicator input takes column indices, not names.
     averaged_cols = [labels.index(label) for label in averaged]
 
+    if known is not None and not np.asarray(known).all():
+        return _jsonable(_masked_multi_label(labels, true_ind, pred_ind, score_matrix, np.asarray(known) > 0))
     true_counts = true_ind.sum(axis=1)
     exact = accuracy_score(true_ind, pred_ind)
     safe_rows = true_counts == 0
@@ -128,6 +137,57 @@ def multi_label_metrics(
         },
     }
     return _jsonable(result)
+
+
+def _masked_multi_label(
+    labels: list[str], true_ind: np.ndarray, pred_ind: np.ndarray, scores: np.ndarray, known: np.ndarray
+) -> dict[str, Any]:
+    """Multi-label metrics where some gold values are unknown: per label on its known rows."""
+    per_class: dict[str, dict[str, Any]] = {}
+    matrices = []
+    for j, label in enumerate(labels):
+        rows = known[:, j]
+        truth, predicted = true_ind[rows, j], pred_ind[rows, j]
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            truth, predicted, labels=[1], average=None, zero_division=0
+        )
+        per_class[label] = {
+            "precision": precision[0],
+            "recall": recall[0],
+            "f1": f1[0],
+            "support": int(truth.sum()),
+            "known_rows": int(rows.sum()),
+            "auprc": average_precision_score(truth, scores[rows, j]) if truth.any() else None,
+        }
+        matrices.append(confusion_matrix(truth, predicted, labels=[0, 1]) if rows.any() else np.zeros((2, 2)))
+    seen = [
+        j for j, label in enumerate(labels) if per_class[label]["support"] or pred_ind[known[:, j], j].any()
+    ]
+    seen = seen or list(range(len(labels)))
+    tp = sum(int(m[1, 1]) for m in matrices)
+    fp = sum(int(m[0, 1]) for m in matrices)
+    fn = sum(int(m[1, 0]) for m in matrices)
+    supports = np.array([per_class[labels[j]]["support"] for j in seen], dtype=float)
+    f1s = np.array([per_class[labels[j]]["f1"] for j in seen], dtype=float)
+    complete = known.all(axis=1)
+    true_counts = true_ind.sum(axis=1)
+    safe_rows = true_counts == 0
+    full_true, full_pred = true_ind[complete], pred_ind[complete]
+    return {
+        "n": len(true_ind),
+        "n_fully_labelled": int(complete.sum()),
+        "accuracy": accuracy_score(full_true, full_pred) if complete.any() else None,
+        "exact_match": accuracy_score(full_true, full_pred) if complete.any() else None,
+        "hamming_loss": hamming_loss(full_true, full_pred) if complete.any() else None,
+        "micro_f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "macro_f1": float(f1s.mean()),
+        "weighted_f1": float((f1s * supports).sum() / supports.sum()) if supports.sum() else 0.0,
+        "f1_single_violation": _weighted_f1_on(true_ind, pred_ind, complete & (true_counts == 1)),
+        "f1_multiple_violations": _weighted_f1_on(true_ind, pred_ind, complete & (true_counts >= 2)),
+        "fpr": float(pred_ind[safe_rows].any(axis=1).mean()) if safe_rows.any() else None,
+        "per_class": per_class,
+        "confusion_matrix": {"labels": labels, "matrix": matrices},
+    }
 
 
 def _check_inputs(

@@ -132,6 +132,8 @@ def label_features(
     """Training rows for methods that score every label: ids, the gold label as a class index
     (single-label) or a multi-hot row (multi-label), and the teacher's scores when distilling."""
     index = {name: i for i, name in enumerate(task.label_names)}
+    # Only guard tasks (``overall``) have gold values that may be unknown.
+    masks = task.known_mask(labels) if task.mode == "multi" and task.overall else None
     rows = []
     for i, (ids, label) in enumerate(zip(token_ids, labels, strict=True)):
         if task.mode == "single":
@@ -141,6 +143,8 @@ def label_features(
             for name in label:
                 target[index[name]] = 1.0
         row: dict[str, Any] = {"input_ids": ids, "labels": target}
+        if masks is not None:
+            row["label_mask"] = masks[i].tolist()
         if soft_labels is not None:
             row["soft_labels"] = [float(x) for x in soft_labels[i]]
         rows.append(row)
@@ -179,13 +183,23 @@ def multi_label_loss(
     pos_weight: torch.Tensor,
     soft_labels: torch.Tensor | None = None,
     distill: tuple[float, float] | None = None,
+    label_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted BCE on the gold labels, mixed with BCE to a teacher's tempered scores."""
-    hard = nn.functional.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=pos_weight)
+    """Weighted BCE on the gold labels, mixed with BCE to a teacher's tempered scores.
+
+    ``label_mask`` (rows, labels) leaves unknown gold values (0.0) out of both terms.
+    """
+    mask = torch.ones_like(logits) if label_mask is None else label_mask.to(logits.dtype)
+    known = mask.sum().clamp_min(1.0)
+    hard = nn.functional.binary_cross_entropy_with_logits(
+        logits, labels.float(), pos_weight=pos_weight, reduction="none"
+    )
+    hard = (hard * mask).sum() / known
     if soft_labels is None or distill is None:
         return hard
     alpha, temperature = distill
     teacher_logits = torch.logit(soft_labels.float().clamp(1e-6, 1 - 1e-6))
     target = torch.sigmoid(teacher_logits / temperature)
-    soft = nn.functional.binary_cross_entropy_with_logits(logits / temperature, target)
+    soft = nn.functional.binary_cross_entropy_with_logits(logits / temperature, target, reduction="none")
+    soft = (soft * mask).sum() / known
     return (1 - alpha) * hard + alpha * temperature**2 * soft

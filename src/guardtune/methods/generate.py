@@ -86,6 +86,12 @@ class GenerateMethod(nn.Module):
 
     def __init__(self, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int) -> None:
         super().__init__()
+        if task.overall is not None:
+            # Its answers would need a masked category line for rows that name no category.
+            raise GuardtuneError(
+                f"--method generate: task {task.name} has an overall label ({task.overall!r}) with "
+                "harm categories; use --method head"
+            )
         self.backbone = backbone
         self.peft_model = backbone.peft_model
         self.adapter_name = adapter_name

@@ -18,6 +18,7 @@ from transformers import DataCollatorWithPadding
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
+from guardtune.long_text import head_and_tail
 from guardtune.methods.common import (
     decoder_states,
     label_features,
@@ -36,8 +37,9 @@ HEAD_FILE = "head.safetensors"
 def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0) -> torch.Tensor:
     """Per-label BCE positive weights (negatives / positives), so rare categories still count."""
     names = task.label_names
+    known = task.known_mask(labels)
     positives = np.array([sum(name in row for row in labels) for name in names], dtype=np.float64)
-    negatives = len(labels) - positives
+    negatives = known.sum(axis=0) - positives
     weights = np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0)
     return torch.tensor(np.clip(weights, 1.0, cap), dtype=torch.float32)
 
@@ -55,6 +57,7 @@ class HeadMethod(nn.Module):
         task: TaskSpec,
         max_length: int,
         pos_weight: torch.Tensor | None = None,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.peft_model = backbone.peft_model
@@ -62,7 +65,10 @@ class HeadMethod(nn.Module):
         self.backbone = backbone
         self.task = task
         self.max_length = max_length
-        self.classifier = nn.Linear(backbone.hidden_size, len(task.labels), dtype=torch.float32)
+        # No bias, so the head is exactly transformers' ``*ForSequenceClassification.score`` and a
+        # merged export loads with AutoModelForSequenceClassification. ``bias=True`` only for
+        # models saved before heads were bias-free.
+        self.classifier = nn.Linear(backbone.hidden_size, len(task.labels), bias=bias, dtype=torch.float32)
         self.classifier.to(backbone.device)
         weight = pos_weight if pos_weight is not None else torch.ones(len(task.labels))
         self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
@@ -102,8 +108,9 @@ class HeadMethod(nn.Module):
         Several models trained on the same base can share one backbone, each under its own
         ``adapter_name``.
         """
-        method = cls(backbone, load_lora(backbone, directory, adapter_name), task, max_length)
         state = load_file(str(directory / HEAD_FILE), device=str(backbone.device))
+        adapter = load_lora(backbone, directory, adapter_name)
+        method = cls(backbone, adapter, task, max_length, bias="bias" in state)
         expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
@@ -127,9 +134,9 @@ class HeadMethod(nn.Module):
     # -- data -----------------------------------------------------------------------------------
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text: the message itself, truncated to ``max_length`` tokens."""
-        encoded = self.backbone.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return [list(ids) for ids in encoded["input_ids"]]
+        """Token ids per text: the message itself, its head and tail kept when over ``max_length``."""
+        encoded = self.backbone.tokenizer(texts)["input_ids"]
+        return [head_and_tail(list(ids), self.max_length) for ids in encoded]
 
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         """Training rows: token ids, the gold label (class index or multi-hot row), soft labels."""
@@ -146,6 +153,7 @@ class HeadMethod(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         soft_labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         hidden = decoder_states(self, input_ids, attention_mask).last_hidden_state
         pooled = last_token_states(hidden, attention_mask).float()
@@ -156,7 +164,7 @@ class HeadMethod(nn.Module):
                 output["loss"] = single_label_loss(logits, labels, soft_labels, self.distill)
             else:
                 output["loss"] = multi_label_loss(
-                    logits, labels, self.get_buffer("pos_weight"), soft_labels, self.distill
+                    logits, labels, self.get_buffer("pos_weight"), soft_labels, self.distill, label_mask
                 )
         return output
 

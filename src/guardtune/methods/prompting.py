@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from guardtune.errors import GuardtuneError
+from guardtune.long_text import head_and_tail
 from guardtune.task import TaskSpec
 
 SINGLE_TEMPLATE = '{instruction}\n\nMessage: "{text}"\n\nAnswer:'
@@ -43,6 +44,9 @@ class PromptEncoder:
     max_length: int
     # Answers follow the prompt after a space in a plain template ("Answer: none").
     answer_prefix: str = " "
+    # The same prompt as text (``bos`` token included), for exports that template it elsewhere.
+    text_before: str = ""
+    text_after: str = ""
 
     @classmethod
     def for_task(cls, task: TaskSpec, tokenizer: Any, max_length: int) -> PromptEncoder:
@@ -68,13 +72,14 @@ class PromptEncoder:
                 f"task {task.name}: the prompt takes {len(prefix) + len(suffix)} tokens, too many "
                 f"for max length {max_length} (raise --max-length)"
             )
-        return cls(prefix, suffix, tokenizer, max_length, answer_prefix)
+        bos_text = tokenizer.bos_token if bos else ""
+        return cls(prefix, suffix, tokenizer, max_length, answer_prefix, bos_text + before, after)
 
     def encode(self, texts: list[str], reserve: int = 0) -> list[list[int]]:
         """Prompt token ids per text, leaving ``reserve`` tokens of room for an answer."""
         budget = self.max_length - len(self.prefix) - len(self.suffix) - reserve
         bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [self.prefix + list(body[: max(budget, 1)]) + self.suffix for body in bodies]
+        return [self.prefix + head_and_tail(list(body), max(budget, 1)) + self.suffix for body in bodies]
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as it follows the prompt."""
