@@ -7,7 +7,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,13 +18,13 @@ from transformers.utils import logging as hf_logging
 
 from guardtune.atomic import atomic_dir
 from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
+from guardtune.classifier import Classifier, Prediction
 from guardtune.data.readers import Examples, iter_examples, label_counts, load_examples, soft_label_columns
 from guardtune.data.splits import stratified_split
 from guardtune.data.writers import ChunkedTableWriter, predictions_frame, write_table
 from guardtune.errors import GuardtuneError
 from guardtune.eval import (
     Calibration,
-    calibrated_task,
     errors_frame,
     expected_calibration_error,
     fit_calibration,
@@ -32,141 +32,32 @@ from guardtune.eval import (
     plot_confusion_matrix,
     plot_precision_recall,
     plot_reliability,
-    read_calibration,
     single_label_metrics,
     write_report,
 )
 from guardtune.eval.calibration import objective_for, threshold_labels
 from guardtune.eval.model_card import write_model_card
-from guardtune.infer import predict_scores
 from guardtune.methods import get_method
-from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import Manifest, read_manifest
 from guardtune.task import TaskSpec, load_task
-from guardtune.train import FitResult, TrainSettings, fit, process_state
+
+if TYPE_CHECKING:
+    # The trainer pulls in transformers.Trainer (~230 MB resident); inference never needs it.
+    from guardtune.train import FitResult, TrainSettings
+
+__all__ = [
+    "Classifier",
+    "Prediction",
+    "TrainReport",
+    "calibrate",
+    "evaluate",
+    "label_file",
+    "predict_file",
+    "score_examples",
+    "train",
+]
 
 console = Console(stderr=True)
-
-
-@dataclass
-class Prediction:
-    """One text's decision: ``label`` (a list of labels for multi-label tasks) and every score."""
-
-    label: str | list[str]
-    scores: dict[str, float]
-
-
-class Classifier:
-    """A trained guardtune model: a base LM, its adapter, and the task's decision policy.
-
-    When the model directory holds ``calibration.json`` (written by :func:`calibrate`),
-    ``predict_proba`` returns temperature-scaled probabilities and ``predict`` decides with the
-    calibrated thresholds; ``predict_proba(..., calibrated=False)`` gives the raw scores.
-
-    Example:
-        >>> clf = Classifier.load("runs/pii")
-        >>> clf.predict("whats ur snap?").label
-        'asking'
-    """
-
-    def __init__(
-        self,
-        method: Any,
-        manifest: Manifest,
-        directory: Path | None = None,
-        calibration: Calibration | None = None,
-    ) -> None:
-        self.method = method
-        self.manifest = manifest
-        self.directory = directory
-        self.calibration = calibration
-
-    @classmethod
-    def load(
-        cls,
-        directory: str | Path,
-        dtype: str = "auto",
-        backbone: Backbone | None = None,
-        adapter_name: str | None = None,
-        merge: bool | None = None,
-    ) -> Classifier:
-        """Load a model directory written by ``guardtune train``.
-
-        Args:
-            directory: the model directory (``guardtune.json``, adapter and head safetensors).
-            dtype: ``auto``, ``bf16`` or ``fp32`` for the base model.
-            backbone: an already loaded base to share (it must be the one the model was trained
-                on); several models then hold one copy of the base weights.
-            adapter_name: the adapter's name on a shared backbone (default: a free name).
-            merge: fold the adapter into the base weights for faster inference. The default
-                merges when this model owns its backbone (no ``backbone`` given).
-
-        Raises:
-            GuardtuneError: not a model directory, its base cannot be loaded, or a bad
-                ``calibration.json``.
-        """
-        directory = Path(directory)
-        manifest = read_manifest(directory)
-        calibration = read_calibration(directory, manifest.task)
-        owns_backbone = backbone is None
-        backbone = backbone or load_backbone(manifest.base, dtype=dtype)
-        method_cls = get_method(manifest.method)
-        method = method_cls.load(
-            directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
-        )
-        if owns_backbone if merge is None else merge:
-            merge_for_inference(backbone, method.adapter_name)
-        return cls(method, manifest, directory, calibration)
-
-    @property
-    def task(self) -> TaskSpec:
-        """The task, its policy thresholds replaced by the calibrated ones when calibrated."""
-        return calibrated_task(self.manifest.task, self.calibration)
-
-    @property
-    def labels(self) -> list[str]:
-        """Label names, in the column order of :meth:`predict_proba`."""
-        return self.task.label_names
-
-    def predict_proba(
-        self,
-        texts: str | list[str],
-        batch_size: int = 32,
-        progress: bool = False,
-        calibrated: bool = True,
-    ) -> np.ndarray:
-        """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
-
-        Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
-
-        Args:
-            calibrated: apply the model's temperature when it has one; ``False`` gives the raw
-                scores (the same as ``True`` for an uncalibrated model).
-        """
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        raw = predict_scores(self.method, batch, batch_size=batch_size, progress=progress)
-        return self.calibrate_scores(raw) if calibrated else raw
-
-    def calibrate_scores(self, raw: np.ndarray) -> np.ndarray:
-        """Raw ``predict_proba(..., calibrated=False)`` scores as calibrated ones (unchanged if
-        the model is not calibrated)."""
-        return raw if self.calibration is None else self.calibration.transform(raw)
-
-    def predict(
-        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
-    ) -> Prediction | list[Prediction]:
-        """Decide labels with the task's policy; one :class:`Prediction` per text.
-
-        Args:
-            texts: one string (returns one Prediction) or a list (returns a list).
-        """
-        scores = self.predict_proba(texts, batch_size=batch_size, progress=progress)
-        decided = self.task.decide(scores)
-        predictions = [
-            Prediction(label=label, scores=dict(zip(self.labels, map(float, row), strict=True)))
-            for label, row in zip(decided, scores, strict=True)
-        ]
-        return predictions[0] if isinstance(texts, str) else predictions
 
 
 @dataclass
@@ -216,6 +107,8 @@ def train(
     Raises:
         GuardtuneError: bad data, task or settings, each in one line.
     """
+    from guardtune.train import TrainSettings, fit, process_state
+
     spec = task if isinstance(task, TaskSpec) else load_task(task)
     settings = settings or TrainSettings()
     out = Path(out)
@@ -332,11 +225,14 @@ def _score(classifier: Classifier, rows: Examples, progress: bool = False) -> _S
     if task.mode == "single":
         metrics = single_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
     else:
-        metrics = multi_label_metrics(classifier.labels, rows.labels, decided, scores)  # type: ignore[arg-type]
+        known = task.known_mask(rows.labels)
+        metrics = multi_label_metrics(classifier.labels, rows.labels, decided, scores, known)  # type: ignore[arg-type]
     truth = _indicator(classifier.labels, rows.labels, task.mode)
-    metrics["ece"] = expected_calibration_error(scores, truth, task.mode)
+    # A guard's categories are unknown on some rows; its calibration is judged on the overall label.
+    judged = [classifier.labels.index(task.overall)] if task.overall else slice(None)
+    metrics["ece"] = expected_calibration_error(scores[:, judged], truth[:, judged], task.mode)
     if classifier.calibration is not None:
-        metrics["ece_uncalibrated"] = expected_calibration_error(raw, truth, task.mode)
+        metrics["ece_uncalibrated"] = expected_calibration_error(raw[:, judged], truth[:, judged], task.mode)
     return _Scored(metrics, decided, scores, raw, truth)
 
 
@@ -476,7 +372,14 @@ def calibrate(
     raw = classifier.predict_proba(rows.texts, progress=progress, calibrated=False)
     truth = _indicator(spec.label_names, rows.labels, spec.mode)
     calibration = fit_calibration(
-        spec, raw, truth, objective=objective, target=target, label=label, source=Path(data).name
+        spec,
+        raw,
+        truth,
+        objective=objective,
+        target=target,
+        label=label,
+        source=Path(data).name,
+        known=spec.known_mask(rows.labels) if spec.overall else None,
     )
     if save:
         assert classifier.directory is not None

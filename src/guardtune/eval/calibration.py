@@ -28,10 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_softmax, softmax
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import precision_recall_curve, roc_curve
 
 from guardtune.atomic import atomic_file
 from guardtune.errors import GuardtuneError
@@ -113,6 +110,10 @@ def fit_temperature(scores: np.ndarray, truth: np.ndarray, mode: Mode) -> float:
     z = logits_from_proba(scores, mode)
     y = _check_truth(np.asarray(truth), z.shape, mode)
     low, high = (math.log(bound) for bound in _T_BOUNDS)
+    # Fitting and threshold search load scipy.optimize / sklearn on first use; applying a
+    # calibration at inference needs neither.
+    from scipy.optimize import minimize_scalar
+
     result = minimize_scalar(
         lambda log_t: _nll(z, y, mode, math.exp(log_t)),
         bounds=(low, high),
@@ -148,6 +149,8 @@ def reliability_curve(
     if len(correct) == 0:
         empty = np.zeros(0)
         return empty, empty, empty.astype(int)
+    from sklearn.calibration import calibration_curve
+
     prob_true, prob_pred = calibration_curve(correct, confidence, n_bins=n_bins, strategy="uniform")
     # calibration_curve drops empty bins but not their sizes; recount with its own binning rule.
     edges = np.linspace(0.0, 1.0, n_bins + 1)
@@ -193,6 +196,8 @@ def choose_threshold(
     Returns:
         A threshold that meets the target on these rows, or ``inf`` when only flagging nothing does.
     """
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
     y = np.asarray(y_true).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     if objective == "max_fpr":
@@ -475,6 +480,8 @@ def threshold_labels(task: TaskSpec, objective: Objective, label: str | None) ->
                 f"--label {label!r}: not a label of task {task.name} (labels: {', '.join(names)})"
             )
         return [label]
+    if task.overall is not None and objective != "f1":
+        return [task.overall]
     if task.mode == "multi":
         return list(names)
     if len(names) == 2:
@@ -494,6 +501,7 @@ def fit_calibration(
     target: float | None = None,
     label: str | None = None,
     source: str | None = None,
+    known: np.ndarray | None = None,
 ) -> Calibration:
     """Fit a temperature and thresholds on labelled rows (normally the validation split).
 
@@ -505,6 +513,9 @@ def fit_calibration(
         target: the FPR or recall target, in (0, 1), for ``max_fpr`` / ``min_recall``.
         label: the label to threshold (see :func:`threshold_labels` for the default).
         source: name of the fitting data, recorded in the result.
+        known: optional ``(rows, labels)`` mask of known gold values (a guard task's categories
+            may be unknown); each threshold is fitted on the rows where its label is known, and
+            a guard's temperature on its overall label.
 
     Returns:
         The :class:`Calibration`; ``achieved`` holds the rates of the calibrated decisions.
@@ -528,12 +539,15 @@ def fit_calibration(
     chosen = threshold_labels(task, objective, label)
     named = label is not None or (task.mode == "single" and len(task.label_names) == 2)
 
-    temperature = fit_temperature(raw, y, task.mode)
+    mask = np.ones(raw.shape, dtype=bool) if known is None else np.asarray(known) > 0
+    judged = [task.label_names.index(task.overall)] if task.overall else list(range(raw.shape[1]))
+    temperature = fit_temperature(raw[:, judged], y[:, judged], task.mode)
     calibration = Calibration(temperature=temperature, mode=task.mode, labels=task.label_names)
     calibrated = calibration.transform(raw)
     thresholds: dict[str, float] = {}
     for name in chosen:
-        column = y[:, task.label_names.index(name)]
+        rows = mask[:, task.label_names.index(name)]
+        column = y[rows, task.label_names.index(name)]
         if column.all() or not column.any():
             what = "negative" if column.all() else "positive"
             message = (
@@ -543,20 +557,20 @@ def fit_calibration(
                 raise GuardtuneError(message)
             calibration.notes.append(message + "; its policy threshold is kept")
             continue
-        effective = _effective_scores(_with_thresholds(task, thresholds), calibrated, name)
+        effective = _effective_scores(_with_thresholds(task, thresholds), calibrated, name)[rows]
         threshold = choose_threshold(column, effective, objective, target)
         thresholds[name] = float(np.clip(threshold, 0.0, 1.0))
     calibration.thresholds = thresholds
     decided = _decided_indicator(calibrated_task(task, calibration), calibrated)
     for name in thresholds:
         j = task.label_names.index(name)
-        calibration.achieved[name] = _binary_rates(y[:, j], decided[:, j])
+        calibration.achieved[name] = _binary_rates(y[mask[:, j], j], decided[mask[:, j], j])
         _check_reached(objective, target, name, calibration.achieved[name], source)
     calibration.objective = objective
     calibration.target = target
     calibration.label = label if label is not None else (chosen[0] if named and chosen else None)
-    calibration.ece_before = expected_calibration_error(raw, y, task.mode)
-    calibration.ece_after = expected_calibration_error(calibrated, y, task.mode)
+    calibration.ece_before = expected_calibration_error(raw[:, judged], y[:, judged], task.mode)
+    calibration.ece_after = expected_calibration_error(calibrated[:, judged], y[:, judged], task.mode)
     calibration.n = len(raw)
     calibration.source = source
     return calibration

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from guardtune.api import Classifier
+from guardtune.classifier import Classifier
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import merge_for_inference
@@ -44,7 +44,11 @@ class Guard:
 
     @property
     def categories(self) -> list[str]:
-        """The labels that flag a text: every label but the negative one."""
+        """The labels that flag a text: every label but the negative one; a guard with an overall
+        label (flagged when it is on) reports its harm categories."""
+        task = self.classifier.task
+        if task.overall is not None:
+            return task.categories
         return [name for name in self.classifier.labels if name != self.negative_label]
 
     def decide(self, scores: np.ndarray) -> list[tuple[Any, list[str]]]:

@@ -1,0 +1,146 @@
+"""``Classifier``: a trained model directory loaded for inference (``load / predict / predict_proba``).
+
+Kept apart from :mod:`guardtune.api` so that predicting and serving import no trainer, plotting
+or metrics libraries (a smaller resident footprint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from guardtune.backbone import Backbone, load_backbone
+from guardtune.eval.calibration import Calibration, calibrated_task, read_calibration
+from guardtune.infer import predict_scores
+from guardtune.methods import get_method
+from guardtune.methods.lora import merge_for_inference
+from guardtune.modeldir import Manifest, read_manifest
+from guardtune.task import TaskSpec
+
+
+@dataclass
+class Prediction:
+    """One text's decision: ``label`` (a list of labels for multi-label tasks) and every score."""
+
+    label: str | list[str]
+    scores: dict[str, float]
+
+
+class Classifier:
+    """A trained guardtune model: a base LM, its adapter, and the task's decision policy.
+
+    When the model directory holds ``calibration.json`` (written by :func:`calibrate`),
+    ``predict_proba`` returns temperature-scaled probabilities and ``predict`` decides with the
+    calibrated thresholds; ``predict_proba(..., calibrated=False)`` gives the raw scores.
+
+    Example:
+        >>> clf = Classifier.load("runs/pii")
+        >>> clf.predict("whats ur snap?").label
+        'asking'
+    """
+
+    def __init__(
+        self,
+        method: Any,
+        manifest: Manifest,
+        directory: Path | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
+        self.method = method
+        self.manifest = manifest
+        self.directory = directory
+        self.calibration = calibration
+        # Overrides the task's ``long_text`` setting (``head-tail`` or ``windows``) when set.
+        self.long_text: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        directory: str | Path,
+        dtype: str = "auto",
+        backbone: Backbone | None = None,
+        adapter_name: str | None = None,
+        merge: bool | None = None,
+    ) -> Classifier:
+        """Load a model directory written by ``guardtune train``.
+
+        Args:
+            directory: the model directory (``guardtune.json``, adapter and head safetensors).
+            dtype: ``auto``, ``bf16`` or ``fp32`` for the base model.
+            backbone: an already loaded base to share (it must be the one the model was trained
+                on); several models then hold one copy of the base weights.
+            adapter_name: the adapter's name on a shared backbone (default: a free name).
+            merge: fold the adapter into the base weights for faster inference. The default
+                merges when this model owns its backbone (no ``backbone`` given).
+
+        Raises:
+            GuardtuneError: not a model directory, its base cannot be loaded, or a bad
+                ``calibration.json``.
+        """
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        calibration = read_calibration(directory, manifest.task)
+        owns_backbone = backbone is None
+        backbone = backbone or load_backbone(manifest.base, dtype=dtype)
+        method_cls = get_method(manifest.method)
+        method = method_cls.load(
+            directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
+        )
+        if owns_backbone if merge is None else merge:
+            merge_for_inference(backbone, method.adapter_name)
+        return cls(method, manifest, directory, calibration)
+
+    @property
+    def task(self) -> TaskSpec:
+        """The task, its policy thresholds replaced by the calibrated ones when calibrated."""
+        return calibrated_task(self.manifest.task, self.calibration)
+
+    @property
+    def labels(self) -> list[str]:
+        """Label names, in the column order of :meth:`predict_proba`."""
+        return self.task.label_names
+
+    def predict_proba(
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        progress: bool = False,
+        calibrated: bool = True,
+    ) -> np.ndarray:
+        """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
+
+        Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
+
+        Args:
+            calibrated: apply the model's temperature when it has one; ``False`` gives the raw
+                scores (the same as ``True`` for an uncalibrated model).
+        """
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        raw = predict_scores(
+            self.method, batch, batch_size=batch_size, progress=progress, long_text=self.long_text
+        )
+        return self.calibrate_scores(raw) if calibrated else raw
+
+    def calibrate_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Raw ``predict_proba(..., calibrated=False)`` scores as calibrated ones (unchanged if
+        the model is not calibrated)."""
+        return raw if self.calibration is None else self.calibration.transform(raw)
+
+    def predict(
+        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
+    ) -> Prediction | list[Prediction]:
+        """Decide labels with the task's policy; one :class:`Prediction` per text.
+
+        Args:
+            texts: one string (returns one Prediction) or a list (returns a list).
+        """
+        scores = self.predict_proba(texts, batch_size=batch_size, progress=progress)
+        decided = self.task.decide(scores)
+        predictions = [
+            Prediction(label=label, scores=dict(zip(self.labels, map(float, row), strict=True)))
+            for label, row in zip(decided, scores, strict=True)
+        ]
+        return predictions[0] if isinstance(texts, str) else predictions
