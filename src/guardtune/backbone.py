@@ -99,11 +99,36 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "threads_allowed": cpu_threads(),
         "torch_threads": torch.get_num_threads(),
         "native_bf16": cpu_supports_bf16(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+THREADS_ENV = "GUARDTUNE_THREADS"
+
+
+def cpu_threads() -> int:
+    """Threads for CPU math: ``GUARDTUNE_THREADS`` if set, else the CPUs this process may run on.
+
+    The affinity mask (taskset, cgroup cpusets) rather than ``os.cpu_count()``: a process pinned
+    to 2 of 64 cores that starts 64 threads spends its time waiting at barriers.
+    """
+    raw = os.environ.get(THREADS_ENV)
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise GuardtuneError(f"{THREADS_ENV}={raw!r}: expected a positive number of threads")
+        return value
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def resolve_dtype(name: DtypeName | str) -> torch.dtype:
@@ -229,6 +254,8 @@ def load_backbone(base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto") -> 
         GuardtuneError: the base cannot be found or loaded.
     """
     torch_dtype = resolve_dtype(dtype)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cpu_threads())
     source = resolve_base_dir(base)
     try:
         with _quiet_loading():
