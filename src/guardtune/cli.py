@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from guardtune.backbone import DEFAULT_BASE
@@ -126,10 +127,18 @@ def train(
     method: Annotated[str, typer.Option(help="head, label-tokens or generate.")] = "head",
     epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Rows per process per forward pass; a step sees batch size x processes x --grad-accum rows."
+        ),
+    ] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Forward passes accumulated into one step.")] = 1,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 5e-4,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
+    lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps (for --resume).")] = 50,
     max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -150,12 +159,14 @@ def train(
         epochs=epochs,
         max_steps=max_steps,
         batch_size=batch_size,
+        gradient_accumulation=grad_accum,
         learning_rate=lr,
         max_length=max_length,
         seed=seed,
+        save_steps=save_steps,
         dtype=dtype,
         distill=_parse_distill(distill),
-        lora=LoraSettings(r=lora_r, alpha=lora_alpha),
+        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
     )
     report = train_model(
         task,
@@ -168,12 +179,15 @@ def train(
         resume=resume,
         overwrite=overwrite,
     )
+    if not report.main_process:
+        return  # under accelerate launch / torchrun the main process alone reports
     for note in report.notes:
         out.print(f"[yellow]{note}[/yellow]")
     if report.val_metrics:
         out.print(metrics_rich_table(report.val_metrics, title="Validation"))
+    processes = f" on {report.fit.processes} processes" if report.fit.processes > 1 else ""
     out.print(
-        f"Trained {report.fit.steps} steps in {report.fit.seconds:.0f} s "
+        f"Trained {report.fit.steps} steps{processes} in {report.fit.seconds:.0f} s "
         f"({report.fit.examples_per_second:.1f} examples/s). Model: {report.directory}"
     )
 
@@ -238,18 +252,35 @@ def compare(
     out.print(f"Table: {out_dir / 'compare.md'}")
 
 
+LONG_TEXT_OPTION = typer.Option(
+    help="Texts over the max length: head-tail (keep both ends) or windows (score overlapping "
+    "windows, keep the most flagged); default: the task's setting."
+)
+
+
+def _long_text(value: str | None) -> str | None:
+    from guardtune.task import LONG_TEXT_MODES
+
+    if value is not None and value not in LONG_TEXT_MODES:
+        raise GuardtuneError(f"--long-text: expected one of {', '.join(LONG_TEXT_MODES)}, found {value!r}")
+    return value
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
     from guardtune.api import Classifier, evaluate
     from guardtune.eval import metrics_rich_table
 
-    metrics = evaluate(Classifier.load(model, dtype=dtype), data, out_dir)
+    classifier = Classifier.load(model, dtype=dtype)
+    classifier.long_text = _long_text(long_text)
+    metrics = evaluate(classifier, data, out_dir)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
     out.print(f"Report: {out_dir / 'report.md'}")
 
@@ -303,15 +334,55 @@ def _rate(value: float | None) -> str:
 @app.command()
 def predict(
     model: Annotated[Path, typer.Option(help="Model directory.")],
-    data: Annotated[Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet).")],
-    out_file: Annotated[Path, typer.Option("--out", help="Output file (CSV, JSONL, Parquet).")],
+    data: Annotated[
+        Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet); with --engine ray also a folder.")
+    ],
+    out_file: Annotated[
+        Path,
+        typer.Option("--out", help="Output file (CSV, JSONL, Parquet); with --engine ray a new folder."),
+    ],
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
     dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors).")] = "local",
+    output_format: Annotated[
+        str, typer.Option("--format", help="ray engine: parquet or csv part files.")
+    ] = "parquet",
+    actors: Annotated[int, typer.Option(help="ray engine: actors, each holding the model once.")] = 2,
+    address: Annotated[
+        str | None, typer.Option(help="ray engine: cluster to join (default: start Ray on this machine).")
+    ] = None,
+    num_cpus: Annotated[
+        int | None, typer.Option(help="ray engine: CPUs of the local Ray (default: all).")
+    ] = None,
+    cpus_per_actor: Annotated[float, typer.Option(help="ray engine: CPUs reserved per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="ray engine: GPUs reserved per actor.")] = 0.0,
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
     from guardtune.api import Classifier, predict_file
 
-    counts = predict_file(Classifier.load(model, dtype=dtype), data, out_file, batch_size=batch_size)
+    if engine == "ray":
+        from guardtune.engines.ray_predict import RaySettings, predict_with_ray
+
+        settings = RaySettings(
+            actors=actors,
+            batch_size=batch_size,
+            address=address,
+            num_cpus=num_cpus,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+        )
+        counts = predict_with_ray(
+            model,
+            data,
+            out_file,
+            output_format=output_format,  # type: ignore[arg-type]  # checked by predict_with_ray
+            settings=settings,
+            dtype=dtype,
+        )
+    elif engine == "local":
+        counts = predict_file(Classifier.load(model, dtype=dtype), data, out_file, batch_size=batch_size)
+    else:
+        raise GuardtuneError(f"--engine: expected local or ray, found {engine!r}")
     shown = {label or "(none)": n for label, n in counts.items()}
     out.print(f"Wrote {sum(counts.values())} predictions to {out_file}: {shown}")
 
@@ -387,12 +458,31 @@ def list_methods() -> None:
     out.print("tasks: " + ", ".join(sorted(builtin_tasks())))
 
 
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option(help="Model directory.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Directory (merged) or .gguf file (gguf).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="merged (Hugging Face directory) or gguf (llama.cpp).")
+    ] = "merged",
+    outtype: Annotated[str, typer.Option(help="GGUF tensor type: f16 or f32.")] = "f16",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Merge the adapter into the base and write it for tools without guardtune (HF, vLLM, llama.cpp)."""
+    from guardtune.export import export_model
+
+    with err.status(f"Exporting {model} as {fmt}...", spinner="dots"):
+        written = export_model(model, fmt, out_path, outtype=outtype, overwrite=overwrite)  # type: ignore[arg-type]
+    out.print(f"Wrote {written}", soft_wrap=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning bad input into a one-line error and exit code 1."""
     try:
         app(standalone_mode=False)
     except GuardtuneError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # Escaped: messages quote user text and install hints such as 'guardtune[ray]'.
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")

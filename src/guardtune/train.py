@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import (
@@ -24,6 +25,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.errors import GuardtuneError
@@ -33,9 +35,22 @@ from guardtune.methods.lora import LoraSettings
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
+def process_state() -> PartialState:
+    """This process's place in an ``accelerate launch`` / ``torchrun`` run (a lone process is main).
+
+    The first call joins the launcher's process group (gloo on CPUs, nccl on GPUs) and selects
+    this rank's GPU, so tensors later put on ``cuda`` land on the right device.
+    """
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 @dataclass
 class TrainSettings:
-    """Training hyper-parameters; invalid values are all reported at once on construction."""
+    """Training hyper-parameters; invalid values are all reported at once on construction.
+
+    ``batch_size`` is rows per process per forward pass; one optimizer step sees the global batch
+    ``batch_size x processes x gradient_accumulation`` rows.
+    """
 
     epochs: float = 3.0
     max_steps: int | None = None
@@ -65,7 +80,9 @@ class TrainSettings:
         if self.max_length < 8:
             problems.append(f"--max-length: expected at least 8 tokens, found {self.max_length}")
         if self.gradient_accumulation < 1:
-            problems.append("--grad-accum: expected a positive integer")
+            problems.append(f"--grad-accum: expected a positive integer, found {self.gradient_accumulation}")
+        if self.save_steps < 1:
+            problems.append(f"--save-steps: expected a positive integer, found {self.save_steps}")
         if self.distill is not None:
             alpha, temperature = self.distill
             if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -89,6 +106,7 @@ class FitResult:
     examples_seen: int
     train_loss: float | None
     log_history: list[dict[str, Any]]
+    processes: int = 1  # data-parallel processes that shared each global batch
 
     @property
     def examples_per_second(self) -> float:
@@ -104,6 +122,34 @@ class _RowsDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.rows[index]
+
+
+class GlobalBatchSampler(torch.utils.data.Sampler[int]):
+    """Shuffle rows and group them by length in a way that depends only on the global batch.
+
+    The Trainer's own length grouping sorts mega-batches sized from the per-process batch, so the
+    row order changed with the number of processes. Here the order is a function of the global
+    batch size, the seed and the epoch: accelerate hands each process consecutive slices of
+    ``per-device batch`` rows, so one process with batch 16 and two with batch 8 train on the same
+    16 rows at every step. Seeding from the epoch (not a running generator) lets ``--resume`` land
+    on the same order in any epoch.
+    """
+
+    def __init__(self, lengths: list[int], global_batch: int, seed: int) -> None:
+        self.lengths = lengths
+        self.global_batch = global_batch
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.global_batch, generator=generator))
 
 
 class _CompactProgress(ProgressCallback):
@@ -122,8 +168,44 @@ class _CompactProgress(ProgressCallback):
 _SHOWN_LOGS = {"loss", "eval_loss", "eval_accuracy", "eval_macro_f1", "eval_exact_match"}
 
 
+class _SamplerEpoch(TrainerCallback):
+    """Tell the sampler the epoch as each one begins.
+
+    The Trainer's own ``set_epoch`` does not reach the sampler through the loader that ``--resume``
+    skips into on several processes (accelerate's ``BatchSamplerShard`` does not forward it), so a
+    run resumed in epoch 2 would replay epoch 0's order. ``state.epoch`` is exact here: it is
+    ``epoch + steps / steps`` at an epoch's end and the checkpoint's value on resume.
+    """
+
+    def __init__(self, trainer: _TrainableOnlyTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.global_sampler is not None:
+            self.trainer.global_sampler.set_epoch(math.floor(state.epoch or 0))
+
+
 class _TrainableOnlyTrainer(Trainer):
-    """Checkpoints only the adapter and head (MBs), not the frozen base (hundreds of MBs)."""
+    """Checkpoints only the adapter and head (MBs), not the frozen base (hundreds of MBs).
+
+    Only the main process writes checkpoints (the Trainer's ``should_save``); every process reads
+    them back on ``--resume``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.global_sampler: GlobalBatchSampler | None = None
+        self.add_callback(_SamplerEpoch(self))
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        dataset: Any = train_dataset if train_dataset is not None else self.train_dataset
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        self.global_sampler = GlobalBatchSampler(
+            [len(row["input_ids"]) for row in dataset], global_batch, seed
+        )
+        return self.global_sampler
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         model: Any = self.model
@@ -203,7 +285,9 @@ def fit(
     val_set = None
     if val_texts and val_labels:
         val_set = _RowsDataset(method.features(val_texts, val_labels))
-    per_step = settings.batch_size * settings.gradient_accumulation
+    processes = process_state().num_processes
+    # Rows per optimizer step over every process: `--max-steps` and epochs count global batches.
+    per_step = settings.batch_size * settings.gradient_accumulation * processes
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
     total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     eval_every = min(steps_per_epoch, total_steps)
@@ -233,6 +317,9 @@ def fit(
         label_names=["labels"],
         train_sampling_strategy="group_by_length",
         dataloader_num_workers=0,
+        # Every trainable tensor takes part in each forward pass; DDP's search for unused ones
+        # would cost an extra pass over the graph per step.
+        ddp_find_unused_parameters=False,
         disable_tqdm=False,
         prediction_loss_only=not method.logits_in_forward,
     )
@@ -262,4 +349,5 @@ def fit(
         examples_seen=steps_run * per_step,
         train_loss=float(output.training_loss) if output.training_loss is not None else None,
         log_history=list(trainer.state.log_history),
+        processes=processes,
     )

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from guardtune.classifier import Classifier
 from guardtune.backbone import Backbone, load_backbone
+from guardtune.classifier import Classifier
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import read_manifest
