@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -263,3 +264,68 @@ def test_guard_serves_openai_moderations_with_its_categories(guard_model: Path) 
         assert set(result["categories"]) == set(MODERATION.categories)
         assert result["flagged"] == ("unsafe" in prediction.label)
         assert result["category_scores"]["hate"] == pytest.approx(prediction.scores["hate"], abs=1e-4)
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, *args: object) -> int:
+    from guardtune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_predict_and_eval_read_long_texts_as_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], guard_model: Path, tmp_path: Path
+) -> None:
+    safe = " ".join(["game fun score level"] * 12)
+    unsafe = " ".join(["whats ur address where do you live whats ur number"] * 4)
+    rows = tmp_path / "long.csv"
+    pd.DataFrame({"text": [f"{safe} {unsafe} {safe}", "gg nice"], "label": ["unsafe", "safe"]}).to_csv(
+        rows, index=False
+    )
+    out = tmp_path / "pred.csv"
+    assert (
+        _cli(
+            monkeypatch,
+            "predict",
+            "--model",
+            guard_model,
+            "--data",
+            rows,
+            "--out",
+            out,
+            "--long-text",
+            "windows",
+        )
+        == 0
+    )
+    classifier = Classifier.load(guard_model)
+    classifier.long_text = "windows"
+    expected = classifier.predict_proba(pd.read_csv(rows)["text"].tolist())
+    np.testing.assert_allclose(pd.read_csv(out)["score_unsafe"], expected[:, 0], atol=1e-5)
+
+    capsys.readouterr()
+    assert (
+        _cli(
+            monkeypatch,
+            "eval",
+            "--model",
+            guard_model,
+            "--data",
+            rows,
+            "--out",
+            tmp_path / "r",
+            "--long-text",
+            "all",
+        )
+        == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert (
+        err.startswith("error: --long-text: expected one of head-tail, windows")
+        and len(err.splitlines()) == 1
+    )
+    assert not (tmp_path / "r").exists()

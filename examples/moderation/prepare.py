@@ -1,6 +1,9 @@
 """Build the moderation data and split it for a cross-source evaluation.
 
-Runs the data folder's own ``build.py`` (standard library; ``--drop-noisy`` and a per-source cap),
+Runs the data folder's own ``build.py`` (standard library; ``--drop-noisy``), drops Davidson's
+"offensive" tweets (profanity is not a harm category of the OpenAI moderation API, and treating
+it as unsafe flags swearing everywhere; ``--offensive unsafe`` keeps them), caps every source and
+label at ``--cap`` rows,
 maps every source's harm categories onto guardtune's ``moderation`` categories (the one place
 this mapping lives; see CATEGORY_MAP), holds out whole sources, and splits the rest at random:
 
@@ -46,7 +49,7 @@ CATEGORY_MAP: dict[tuple[str, str], str] = {
     ("hatecheck", "hate"): "hate",
     ("stormfront", "hate"): "hate",
     ("davidson2017", "hate"): "hate",
-    ("davidson2017", "offensive"): "harassment",
+    ("davidson2017", "offensive"): "harassment",  # only with --offensive unsafe
 }
 # JailbreakBench behaviours and their PAIR jailbreaks share one taxonomy.
 for _source in ("jbb_behaviors", "jbb_pair_jailbreaks"):
@@ -84,14 +87,22 @@ def map_category(source: str, category: str) -> str:
     raise SystemExit(f"error: no mapping for source {source!r} category {category!r}: add it to CATEGORY_MAP")
 
 
-def build(data: Path, cap: int, seed: int) -> pd.DataFrame:
-    """Rows from the data folder's build.py, written to a temporary file and read back."""
+def build(data: Path, seed: int) -> pd.DataFrame:
+    """Every row from the data folder's build.py, written to a temporary file and read back."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "modtrain.csv"
         command = [sys.executable, str(data / "build.py"), "--out", str(out), "--drop-noisy"]
-        command += ["--cap", str(cap), "--seed", str(seed)]
+        command += ["--seed", str(seed)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return pd.read_csv(out, keep_default_na=False, dtype=str)
+
+
+def cap_rows(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """At most ``cap`` rows per source and label, sampled with ``seed`` (0: keep everything)."""
+    if cap <= 0:
+        return rows
+    shuffled = rows.sample(frac=1.0, random_state=seed)
+    return shuffled.groupby(["source", "label"], sort=False).head(cap).sort_index()
 
 
 def composition(splits: dict[str, pd.DataFrame]) -> str:
@@ -107,23 +118,36 @@ def composition(splits: dict[str, pd.DataFrame]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True, help="the shared data/moderation folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
     parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label")
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT), help="sources held out")
+    parser.add_argument(
+        "--offensive",
+        choices=["drop", "unsafe"],
+        default="drop",
+        help="Davidson's 'offensive' tweets (profanity, not hate): drop (default) or keep as unsafe",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "build.py").is_file():
         raise SystemExit(f"error: {args.data}: no build.py (expected the shared data/moderation folder)")
 
-    rows = build(args.data, args.cap, args.seed)
+    rows = build(args.data, args.seed)
+    if args.offensive == "drop":
+        rows = rows[~((rows["source"] == "davidson2017") & (rows["category"] == "offensive"))]
+    rows = cap_rows(rows, args.cap, args.seed)
     rows["categories"] = [map_category(s, c) for s, c in zip(rows["source"], rows["category"], strict=True)]
     rows = rows[["text", "label", "categories", "source"]]
     held_out = [s.strip() for s in args.hold_out.split(",") if s.strip()]
     unknown = sorted(set(held_out) - set(rows["source"]))
     if unknown:
-        raise SystemExit(f"error: --hold-out: unknown sources {unknown} (known: {sorted(set(rows['source']))})")
+        raise SystemExit(
+            f"error: --hold-out: unknown sources {unknown} (known: {sorted(set(rows['source']))})"
+        )
     heldout = rows[rows["source"].isin(held_out)]
     in_domain = rows[~rows["source"].isin(held_out)]
     strata = in_domain["source"] + "/" + in_domain["label"]

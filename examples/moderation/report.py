@@ -56,7 +56,7 @@ def category_f1(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def _cell(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
@@ -66,16 +66,17 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     ]
     for split, groups in results.items():
         for source, figures in groups.items():
-            categories = ", ".join(f"{k} {v:.2f}" for k, v in figures["category_f1"].items()) or "–"
-            lines.append(
-                f"| {split} | {source} | {figures['rows']} | {figures['unsafe']} | {_cell(figures['auprc'])} "
-                f"| {_cell(figures['f1'])} | {_cell(figures['recall'])} | {_cell(figures['fpr'])} | {categories} |"
-            )
+            categories = ", ".join(f"{k} {v:.2f}" for k, v in figures["category_f1"].items()) or "-"
+            cells = [split, source, str(figures["rows"]), str(figures["unsafe"])]
+            cells += [_cell(figures[key]) for key in ("auprc", "f1", "recall", "fpr")]
+            lines.append("| " + " | ".join([*cells, categories]) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--split", action="append", required=True, help="NAME=PREDICTIONS_FILE (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and report.json")
     args = parser.parse_args()
@@ -87,10 +88,13 @@ def main() -> None:
         frame = pd.read_csv(path, keep_default_na=False, dtype={"label": str, "categories": str})
         missing = {"label_input", "label", "source", f"score_{OVERALL}"} - set(frame.columns)
         if missing:
-            raise SystemExit(f"error: {path}: missing columns {sorted(missing)} (expected guardtune predict output)")
+            raise SystemExit(
+                f"error: {path}: missing columns {sorted(missing)} (expected guardtune predict output)"
+            )
         groups = {"all sources": frame} | {s: g for s, g in frame.groupby("source")}
         results[name] = {
-            source: overall_figures(group) | {"category_f1": category_f1(group)} for source, group in groups.items()
+            source: overall_figures(group) | {"category_f1": category_f1(group)}
+            for source, group in groups.items()
         }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

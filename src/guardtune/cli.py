@@ -278,8 +278,9 @@ def eval_command(
     from guardtune.api import Classifier, evaluate
     from guardtune.eval import metrics_rich_table
 
+    reading = _long_text(long_text)
     classifier = Classifier.load(model, dtype=dtype)
-    classifier.long_text = _long_text(long_text)
+    classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
     out.print(f"Report: {out_dir / 'report.md'}")
@@ -356,10 +357,14 @@ def predict(
     ] = None,
     cpus_per_actor: Annotated[float, typer.Option(help="ray engine: CPUs reserved per actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(help="ray engine: GPUs reserved per actor.")] = 0.0,
+    long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
     from guardtune.api import Classifier, predict_file
 
+    reading = _long_text(long_text)
+    if reading is not None and engine != "local":
+        raise GuardtuneError("--long-text: supported with --engine local only")
     if engine == "ray":
         from guardtune.engines.ray_predict import RaySettings, predict_with_ray
 
@@ -380,7 +385,9 @@ def predict(
             dtype=dtype,
         )
     elif engine == "local":
-        counts = predict_file(Classifier.load(model, dtype=dtype), data, out_file, batch_size=batch_size)
+        classifier = Classifier.load(model, dtype=dtype)
+        classifier.long_text = reading
+        counts = predict_file(classifier, data, out_file, batch_size=batch_size)
     else:
         raise GuardtuneError(f"--engine: expected local or ray, found {engine!r}")
     shown = {label or "(none)": n for label, n in counts.items()}
