@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.eval.calibration import Calibration, calibrated_task, read_calibration
@@ -74,7 +75,7 @@ class Classifier:
                 on); several models then hold one copy of the base weights.
             adapter_name: the adapter's name on a shared backbone (default: a free name).
             merge: fold the adapter into the base weights for faster inference. The default
-                merges when this model owns its backbone (no ``backbone`` given).
+                merges when this model owns its backbone (no ``backbone`` given) in fp32.
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, or a bad
@@ -89,7 +90,9 @@ class Classifier:
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )
-        if owns_backbone if merge is None else merge:
+        # In bf16 the merged weights round differently (scores move by up to ~0.02), so the
+        # default merges only fp32 bases, where it is exact to float rounding.
+        if (owns_backbone and backbone.dtype == torch.float32) if merge is None else merge:
             merge_for_inference(backbone, method.adapter_name)
         return cls(method, manifest, directory, calibration)
 
