@@ -113,3 +113,17 @@ def toy_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[name] = folder / f"{name}.csv"
         toy_rows(n, seed).to_csv(paths[name], index=False)
     return paths
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, *args: object) -> int:
+    """Run ``guardtune ARGS`` in this process; its exit code (0 when it returns normally)."""
+    import sys
+
+    from guardtune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

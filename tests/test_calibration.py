@@ -1,16 +1,15 @@
 """Temperature scaling, ECE, thresholds and calibration.json; end to end on the tiny model."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli
 from scipy.special import expit, softmax
 
 from guardtune.api import Classifier, train
-from guardtune.cli import main
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import (
     CALIBRATION_FILE,
@@ -230,15 +229,6 @@ def test_calibration_json_round_trips_and_bad_files_get_one_line(tmp_path: Path)
 # --- end to end on the tiny model ---------------------------------------------------------------
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, *args: object) -> int:
-    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 @pytest.fixture(scope="module")
 def moderation_model(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """The toy task as safe (none) / unsafe (asking, giving), trained for a few steps."""
@@ -264,7 +254,9 @@ def test_calibrate_cli_then_load_predict_and_eval(
     raw = raw_clf.predict_proba(texts)
 
     assert (
-        _run(monkeypatch, "calibrate", "--model", model, "--data", val, "--max-fpr", "0.1", "--dtype", "fp32")
+        run_cli(
+            monkeypatch, "calibrate", "--model", model, "--data", val, "--max-fpr", "0.1", "--dtype", "fp32"
+        )
         == 0
     )
     printed = capsys.readouterr().out
@@ -285,7 +277,9 @@ def test_calibrate_cli_then_load_predict_and_eval(
     assert clf.task.policy.thresholds["unsafe"] == clf.calibration.thresholds["unsafe"]
 
     report = tmp_path / "report"
-    assert _run(monkeypatch, "eval", "--model", model, "--data", val, "--out", report, "--dtype", "fp32") == 0
+    assert (
+        run_cli(monkeypatch, "eval", "--model", model, "--data", val, "--out", report, "--dtype", "fp32") == 0
+    )
     metrics = json.loads((report / "metrics.json").read_text())
     assert {"n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "fpr"} <= set(metrics)
     assert metrics["fpr"] <= 0.1
@@ -314,7 +308,7 @@ def test_calibrate_cli_errors_are_one_line(
 ) -> None:
     model, val = moderation_model
     before = (model / CALIBRATION_FILE).read_bytes() if (model / CALIBRATION_FILE).exists() else None
-    assert _run(monkeypatch, "calibrate", "--model", model, "--data", val, "--dtype", "fp32", *extra) == 1
+    assert run_cli(monkeypatch, "calibrate", "--model", model, "--data", val, "--dtype", "fp32", *extra) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and expected in err and len(err.splitlines()) == 1
     after = (model / CALIBRATION_FILE).read_bytes() if (model / CALIBRATION_FILE).exists() else None

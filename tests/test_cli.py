@@ -1,13 +1,11 @@
 """The CLI end to end on a tiny model, and its one-line errors."""
 
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from guardtune.cli import main
+from conftest import run_cli
 
 METRIC_KEYS = {
     "n",
@@ -20,15 +18,6 @@ METRIC_KEYS = {
 }
 
 
-def run(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_synth_train_eval_predict(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -37,7 +26,7 @@ def test_synth_train_eval_predict(
 ) -> None:
     data = tmp_path / "synth.csv"
     assert (
-        run(
+        run_cli(
             monkeypatch,
             "data",
             "synth",
@@ -55,7 +44,7 @@ def test_synth_train_eval_predict(
     assert len(pd.read_csv(data)) == 90
 
     model = tmp_path / "model"
-    code = run(
+    code = run_cli(
         monkeypatch,
         "train",
         "--task",
@@ -82,7 +71,7 @@ def test_synth_train_eval_predict(
     assert manifest["training"]["counts"]["train"]["none"] > 0
 
     report = tmp_path / "report"
-    assert run(monkeypatch, "eval", "--model", model, "--data", data, "--out", report) == 0
+    assert run_cli(monkeypatch, "eval", "--model", model, "--data", data, "--out", report) == 0
     metrics = json.loads((report / "metrics.json").read_text())
     assert set(metrics) >= METRIC_KEYS and metrics["n"] == 90
     for name in ("report.md", "confusion_matrix.png", "precision_recall.png", "errors.csv"):
@@ -95,7 +84,7 @@ def test_synth_train_eval_predict(
         inputs, orient="records", lines=True
     )
     out = tmp_path / "out.csv"
-    assert run(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", out) == 0
+    assert run_cli(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", out) == 0
     predicted = pd.read_csv(out)
     assert list(predicted.columns) == [
         "text",
@@ -111,7 +100,7 @@ def test_synth_train_eval_predict(
 
     # An existing output directory is not overwritten by accident.
     capsys.readouterr()
-    again = run(
+    again = run_cli(
         monkeypatch,
         "train",
         "--task",
@@ -155,7 +144,7 @@ def test_bad_input_exits_non_zero_with_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.csv").write_text("text,label\nhi,none\n")
-    assert run(monkeypatch, *args) == 1
+    assert run_cli(monkeypatch, *args) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:")
     assert expected in err
@@ -171,7 +160,7 @@ def test_train_with_bad_label_leaves_no_output(
     data = tmp_path / "bad.csv"
     data.write_text("text,label\nhello,none\nwhats ur snap,askin\n")
     assert (
-        run(
+        run_cli(
             monkeypatch,
             "train",
             "--task",
@@ -192,9 +181,9 @@ def test_train_with_bad_label_leaves_no_output(
 def test_validate_and_methods_list(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run(monkeypatch, "validate", "pii-categories") == 0
+    assert run_cli(monkeypatch, "validate", "pii-categories") == 0
     assert "OK (multi-label" in capsys.readouterr().out
-    assert run(monkeypatch, "methods") == 0
+    assert run_cli(monkeypatch, "methods") == 0
     assert "head" in capsys.readouterr().out
 
 
@@ -202,15 +191,17 @@ def test_data_split_and_stats(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "all.csv"
-    assert run(monkeypatch, "data", "synth", "--task", "pii-categories", "--n", "200", "--out", data) == 0
+    assert run_cli(monkeypatch, "data", "synth", "--task", "pii-categories", "--n", "200", "--out", data) == 0
     assert (
-        run(monkeypatch, "data", "split", "--task", "pii-categories", "--data", data, "--out", tmp_path / "s")
+        run_cli(
+            monkeypatch, "data", "split", "--task", "pii-categories", "--data", data, "--out", tmp_path / "s"
+        )
         == 0
     )
     sizes = {name: len(pd.read_csv(tmp_path / "s" / f"{name}.csv")) for name in ("train", "val", "test")}
     assert sizes == {"train": 160, "val": 20, "test": 20}
     capsys.readouterr()
-    assert run(monkeypatch, "data", "stats", "--task", "pii-categories", "--data", data) == 0
+    assert run_cli(monkeypatch, "data", "stats", "--task", "pii-categories", "--data", data) == 0
     printed = capsys.readouterr().out
     assert "S5" in printed and "safe" in printed and "200 rows" in printed
 
@@ -221,7 +212,7 @@ def test_label_then_distill_then_compare(
     teacher = tmp_path / "teacher"
     common = ["--base", tiny_base, "--max-length", "32", "--dtype", "fp32", "--batch-size", "8"]
     assert (
-        run(
+        run_cli(
             monkeypatch,
             "train",
             "--task",
@@ -237,11 +228,11 @@ def test_label_then_distill_then_compare(
         == 0
     )
     soft = tmp_path / "soft.csv"
-    assert run(monkeypatch, "label", "--model", teacher, "--data", toy_files["val"], "--out", soft) == 0
+    assert run_cli(monkeypatch, "label", "--model", teacher, "--data", toy_files["val"], "--out", soft) == 0
     frame = pd.read_csv(soft)
     assert ((frame[["p_none", "p_asking", "p_giving"]].sum(axis=1) - 1).abs() < 1e-6).all()
     assert (
-        run(
+        run_cli(
             monkeypatch,
             "train",
             "--task",
@@ -259,7 +250,7 @@ def test_label_then_distill_then_compare(
         == 0
     )
     assert (
-        run(
+        run_cli(
             monkeypatch,
             "train",
             "--task",
@@ -276,7 +267,7 @@ def test_label_then_distill_then_compare(
     )
 
     table = tmp_path / "compare"
-    code = run(
+    code = run_cli(
         monkeypatch,
         "compare",
         "--task",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import run_cli
 
 from guardtune.api import Classifier, calibrate, evaluate, predict_file, train
 from guardtune.data.readers import load_examples
@@ -266,17 +266,6 @@ def test_guard_serves_openai_moderations_with_its_categories(guard_model: Path) 
         assert result["category_scores"]["hate"] == pytest.approx(prediction.scores["hate"], abs=1e-4)
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, *args: object) -> int:
-    from guardtune.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_predict_and_eval_read_long_texts_as_asked(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], guard_model: Path, tmp_path: Path
 ) -> None:
@@ -288,7 +277,7 @@ def test_predict_and_eval_read_long_texts_as_asked(
     )
     out = tmp_path / "pred.csv"
     assert (
-        _cli(
+        run_cli(
             monkeypatch,
             "predict",
             "--model",
@@ -309,7 +298,7 @@ def test_predict_and_eval_read_long_texts_as_asked(
 
     capsys.readouterr()
     assert (
-        _cli(
+        run_cli(
             monkeypatch,
             "eval",
             "--model",

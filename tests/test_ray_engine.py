@@ -9,22 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import toy_rows
+from conftest import run_cli, toy_rows
 
 from guardtune.api import Classifier, predict_file, train
-from guardtune.cli import main
 from guardtune.train import TrainSettings
 
 pytestmark = pytest.mark.ray
-
-
-def run(monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> int:
-    monkeypatch.setattr(sys, "argv", ["guardtune", *map(str, args)])
-    try:
-        main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +80,13 @@ def test_ray_engine_writes_what_local_predict_writes(
     common = ["predict", "--engine", "ray", "--model", model, "--dtype", "fp32", "--batch-size", "8"]
     csv_out = tmp_path / "csv"
     assert (
-        run(monkeypatch, *common, "--data", whole, "--out", csv_out, "--format", "csv", "--actors", "1") == 0
+        run_cli(monkeypatch, *common, "--data", whole, "--out", csv_out, "--format", "csv", "--actors", "1")
+        == 0
     )
     _assert_same_rows(local, _ray_output(csv_out, "csv"))
 
     # A directory of files, in file-name order, into Parquet.
-    assert run(monkeypatch, *common, "--data", parts, "--out", tmp_path / "pq", "--actors", "2") == 0
+    assert run_cli(monkeypatch, *common, "--data", parts, "--out", tmp_path / "pq", "--actors", "2") == 0
     from_parquet = _ray_output(tmp_path / "pq", "parquet")
     assert from_parquet["id"].tolist()[:3] == ["000", "001", "002"]  # CSV cells stay text
     _assert_same_rows(local, from_parquet)
@@ -112,7 +103,7 @@ def test_ray_engine_reports_a_bad_row_in_one_line(
     data = tmp_path / "bad.csv"
     pd.DataFrame({"text": ["fine text", "  "]}).to_csv(data, index=False)
     args = ["--engine", "ray", "--actors", "1", "--model", model, "--data", data, "--out", tmp_path / "o"]
-    assert run(monkeypatch, "predict", *args) == 1
+    assert run_cli(monkeypatch, "predict", *args) == 1
     message = capsys.readouterr().err.strip()
     assert message.startswith("error:") and "empty text" in message and "\n" not in message
     assert not (tmp_path / "o").exists()
@@ -124,7 +115,7 @@ def test_ray_engine_without_ray_says_how_to_install(
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     data = tmp_path / "in.csv"
     pd.DataFrame({"text": ["hello"]}).to_csv(data, index=False)
-    code = run(
+    code = run_cli(
         monkeypatch, "predict", "--engine", "ray", "--model", model, "--data", data, "--out", tmp_path / "o"
     )
     assert code == 1
@@ -140,10 +131,10 @@ def test_ray_engine_refuses_a_non_empty_out_and_unknown_options(
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
     common = ["predict", "--model", model, "--data", data]
-    assert run(monkeypatch, *common, "--engine", "ray", "--out", taken) == 1
+    assert run_cli(monkeypatch, *common, "--engine", "ray", "--out", taken) == 1
     assert "already exists" in capsys.readouterr().err
     assert (taken / "keep.txt").read_text() == "mine"
-    assert run(monkeypatch, *common, "--engine", "ray", "--out", tmp_path / "o", "--format", "xlsx") == 1
+    assert run_cli(monkeypatch, *common, "--engine", "ray", "--out", tmp_path / "o", "--format", "xlsx") == 1
     assert "--format: expected parquet or csv" in capsys.readouterr().err
-    assert run(monkeypatch, *common, "--engine", "spark", "--out", tmp_path / "o") == 1
+    assert run_cli(monkeypatch, *common, "--engine", "spark", "--out", tmp_path / "o") == 1
     assert "--engine: expected local or ray" in capsys.readouterr().err
