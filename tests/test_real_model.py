@@ -62,8 +62,14 @@ def test_train_reload_and_classify_a_message(gemma, tmp_path: Path) -> None:
 
     texts = ["whats ur snap?", "my email is bob@example.com", "this game is so fun"]
     before = classifier.predict_proba(texts)
-    reloaded = Classifier.load(report.directory)
-    np.testing.assert_allclose(reloaded.predict_proba(texts), before, rtol=0, atol=1e-5)
+    unmerged = Classifier.load(report.directory, merge=False)
+    np.testing.assert_allclose(unmerged.predict_proba(texts), before, rtol=0, atol=1e-5)
+    # Merged bf16 weights round differently from base + adapter: scores move by a few
+    # hundredths at most (the bf16 path itself is that far from fp32), labels do not.
+    merged = Classifier.load(report.directory)
+    merged_scores = merged.predict_proba(texts)
+    np.testing.assert_allclose(merged_scores, before, rtol=0, atol=0.05)
+    assert (merged_scores.argmax(axis=1) == before.argmax(axis=1)).all()
 
 
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:

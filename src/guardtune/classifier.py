@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.eval.calibration import Calibration, calibrated_task, read_calibration
@@ -74,8 +73,10 @@ class Classifier:
             backbone: an already loaded base to share (it must be the one the model was trained
                 on); several models then hold one copy of the base weights.
             adapter_name: the adapter's name on a shared backbone (default: a free name).
-            merge: fold the adapter into the base weights for faster inference. The default
-                merges when this model owns its backbone (no ``backbone`` given) in fp32.
+            merge: fold the adapter into the base weights for faster inference (about 40% less
+                latency per message on the embedded Gemma). The default merges when this model
+                owns its backbone (no ``backbone`` given); a shared backbone keeps the adapter
+                separate so the other models on it are untouched.
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, or a bad
@@ -90,9 +91,11 @@ class Classifier:
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )
-        # In bf16 the merged weights round differently (scores move by up to ~0.02), so the
-        # default merges only fp32 bases, where it is exact to float rounding.
-        if (owns_backbone and backbone.dtype == torch.float32) if merge is None else merge:
+        # In fp32 merging is exact to float rounding. In bf16 the merged weights round
+        # differently from the unmerged sum, but against an fp32 reference both bf16 paths drift
+        # alike (measured on the moderation model: max |score change| 0.019 merged, 0.036
+        # unmerged, same labels), so bf16 merges too.
+        if owns_backbone if merge is None else merge:
             merge_for_inference(backbone, method.adapter_name)
         return cls(method, manifest, directory, calibration)
 
