@@ -100,6 +100,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory so far (Linux ``VmHWM``), or None where /proc has none."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kb is None else kb / 1024
+
+
 def served(model: Path, texts: list[str], levels: list[int], n: int, args: argparse.Namespace) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -140,7 +150,7 @@ def served(model: Path, texts: list[str], levels: list[int], n: int, args: argpa
             )
         metrics = httpx.get(url + "/metrics", trust_env=False).text
         batches = [line for line in metrics.splitlines() if line.startswith("guardtune_batch_size_")]
-        rows.append({"batch_metrics": batches})
+        rows.append({"batch_metrics": batches, "server_peak_rss_mb": peak_rss_mb(server.pid)})
         return rows
     finally:
         server.terminate()
@@ -185,6 +195,8 @@ def main() -> None:
     errors = sum(row.get("errors", 0) for row in rows)
     print(f"\nserver errors: {errors}")
     print("\n".join(rows[-1]["batch_metrics"]))
+    peak = rows[-1]["server_peak_rss_mb"]
+    print(f"server peak RSS: {peak:.0f} MB" if peak is not None else "server peak RSS: not available here")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
