@@ -1,5 +1,6 @@
 """Every registered method on a tiny random model: learning, save/load, and each method's own promise."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -199,9 +200,13 @@ def test_prefix_reuse_gives_the_full_forward_scores(
             if "lora_B" in name:
                 parameter.normal_(0, 0.2)  # a non-trivial adapter, as after training
     texts = ["whats ur snap", "gg", "my mail is here and my street is there", "call me at home now"]
-    reused = predict_scores(method, texts, batch_size=3, reuse_prefix=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reused = predict_scores(method, texts, batch_size=3, reuse_prefix=True)
     full = predict_scores(method, texts, batch_size=3, reuse_prefix=False)
     assert calls and len(method.shared_prefix) > 10  # the cached path really ran
+    # The cache goes under the name the installed transformers expects (it renamed it in 5.2x).
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
     np.testing.assert_allclose(reused, full, rtol=0, atol=1e-5)
 
 

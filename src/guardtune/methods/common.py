@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,20 +26,38 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
+@functools.cache
+def _cache_argument(decoder_type: type[nn.Module]) -> str:
+    # transformers 5.2x renamed the decoder's ``past_key_values`` (argument and output) to
+    # ``cache``, warning on the old name until its removal in 5.40; 4.x knows only the old one.
+    parameters = inspect.signature(decoder_type.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The key/value cache a decoder call returned, under either transformers name."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
+
+
 def decoder_states(
     method: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    cache: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Run the decoder (with the method's adapter active) and return its output object.
 
     The decoder is called directly, so the full-vocabulary LM head is never computed.
+    ``cache`` continues an earlier call's key/value cache (see :func:`output_cache`).
     """
     peft_model = method.backbone.peft_model
     activate(peft_model, method.adapter_name, training=method.training)
     base_model: Any = peft_model.get_base_model()
     decoder = base_model.get_decoder()
+    if cache is not None:
+        kwargs[_cache_argument(decoder.__class__)] = cache
     return decoder(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -65,7 +85,7 @@ def compute_prefix(method: Any, prefix_ids: list[int]) -> PrefixState:
     ids = torch.tensor([prefix_ids], device=method.backbone.device)
     with torch.inference_mode():
         out = decoder_states(method, ids, torch.ones_like(ids), use_cache=True)
-    return PrefixState(out.past_key_values, len(prefix_ids))
+    return PrefixState(output_cache(out), len(prefix_ids))
 
 
 def cached_prefix(method: Any) -> PrefixState:
@@ -95,7 +115,7 @@ def decoder_states_after(
         method,
         input_ids,
         full_mask,
-        past_key_values=prefix.for_batch(rows),
+        cache=prefix.for_batch(rows),
         position_ids=prefix.length + position_ids(attention_mask),
         **kwargs,
     )

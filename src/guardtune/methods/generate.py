@@ -32,6 +32,7 @@ from guardtune.methods.common import (
     decoder_states,
     decoder_states_after,
     lm_head_rows,
+    output_cache,
     pad_batch,
     trainable_state,
 )
@@ -261,7 +262,7 @@ class GenerateMethod(nn.Module):
         input_ids, attention_mask = self._left_padded(input_ids, attention_mask)
         out = decoder_states_after(self, prefix, input_ids, attention_mask, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
-        cache = out.past_key_values
+        cache = output_cache(out)
         rows = input_ids.shape[0]
         nodes = [self.trie] * rows
         steps: list[list[tuple[TrieNode, dict[int, float]]]] = [[] for _ in range(rows)]
@@ -297,12 +298,12 @@ class GenerateMethod(nn.Module):
                 self,
                 chosen[:, None],
                 attention_mask,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 position_ids=next_position[:, None],
             )
             next_position = next_position + 1
-            hidden, cache = out.last_hidden_state[:, -1], out.past_key_values
+            hidden, cache = out.last_hidden_state[:, -1], output_cache(out)
         return [node.answer or "" for node in nodes], steps
 
     def generate_answers(self, texts: list[str]) -> list[str]:
