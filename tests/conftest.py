@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -67,26 +68,36 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_model_dir(directory: Path, seed: int = 0, sliding_window: int = 16) -> Path:
-    """Save a 2-layer, hidden-64 Gemma 3 text model and its tokenizer as an HF directory."""
+def build_tiny_model_dir(directory: Path, seed: int = 0, random_norms: bool = False, **config: Any) -> Path:
+    """Save a 2-layer, hidden-64 Gemma 3 text model and its tokenizer as an HF directory.
+
+    ``config`` overrides ``Gemma3TextConfig`` fields (window, head size, layer types);
+    ``random_norms`` gives the norm weights random values instead of zeros (scale 1), so a
+    converter that gets Gemma's ``1 + weight`` convention wrong is caught.
+    """
     tokenizer = _tokenizer()
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        sliding_window=sliding_window,
-        layer_types=["sliding_attention", "full_attention"],
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    settings: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 32,
+        "sliding_window": 16,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     torch.manual_seed(seed)
-    model = Gemma3ForCausalLM(config)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**(settings | config)))
+    if random_norms:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.normal_(0, 0.1)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -14,13 +14,12 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_model_dir
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
 )
 
 from guardtune.api import Classifier
@@ -55,35 +54,18 @@ def make_model_dir(base: str, method: str, task, out: Path, seed: int = 0, max_l
 
 
 @pytest.fixture(scope="module")
-def gemma3_base(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+def gemma3_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tiny Gemma 3 laid out as llama.cpp's gemma3 graph assumes (and transformers' GGUF loader
     defaults to): no global layer among 2 (every 6th is), query scale 1/sqrt(head_dim = 256)."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+    directory = build_tiny_model_dir(
+        tmp_path_factory.mktemp("gemma3-gguf-ready"),
+        seed=1,
+        random_norms=True,
         head_dim=256,
         query_pre_attn_scalar=256,
         layer_types=["sliding_attention", "sliding_attention"],
         sliding_window=512,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(1)
-    model = Gemma3ForCausalLM(config)
-    with torch.no_grad():  # norms start at zero (scale 1); random ones catch a wrong +1
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                param.normal_(0, 0.1)
-    directory = tmp_path_factory.mktemp("gemma3-gguf-ready")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
     return str(directory)
 
 
