@@ -24,6 +24,14 @@ app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
+# Options several commands share, declared once so their help reads the same everywhere.
+TaskOption = Annotated[str, typer.Option(help="Built-in task name or task YAML file.")]
+BaseOption = Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")]
+EpochsOption = Annotated[float, typer.Option(help="Passes over the training rows.")]
+MaxLengthOption = Annotated[int, typer.Option(help="Tokens kept per text.")]
+DtypeOption = Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")]
+SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+
 
 @app.command()
 def quickstart(
@@ -45,7 +53,7 @@ def data_synth(
     task: Annotated[str, typer.Option(help="pii-intent or pii-categories.")],
     n: Annotated[int, typer.Option(help="Number of rows.")],
     out_file: Annotated[Path, typer.Option("--out", help="CSV, JSONL or Parquet file to write.")],
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOption = 0,
     split: Annotated[
         str, typer.Option(help="train, or check: phrasings the train generator never uses.")
     ] = "train",
@@ -65,12 +73,12 @@ def data_synth(
 
 @data_app.command("split")
 def data_split(
-    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    task: TaskOption,
     data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for train / val / test files.")],
     val: Annotated[float, typer.Option(help="Validation share.")] = 0.1,
     test: Annotated[float, typer.Option(help="Test share.")] = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Split a labelled file into stratified train / val / test files of the same format."""
     from guardtune.data.readers import label_counts, load_examples
@@ -97,7 +105,7 @@ def data_split(
 
 @data_app.command("stats")
 def data_stats(
-    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    task: TaskOption,
     data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
 ) -> None:
     """Check a labelled file against a task and print rows per label."""
@@ -117,15 +125,15 @@ def data_stats(
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    task: TaskOption,
     train_file: Annotated[Path, typer.Option("--train", help="Training rows (CSV, JSONL, Parquet).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
     val_file: Annotated[
         Path | None, typer.Option("--val", help="Validation rows; default: 10% of --train.")
     ] = None,
-    base: Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")] = DEFAULT_BASE,
+    base: BaseOption = DEFAULT_BASE,
     method: Annotated[str, typer.Option(help="head, label-tokens or generate.")] = "head",
-    epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
+    epochs: EpochsOption = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     batch_size: Annotated[
         int,
@@ -139,9 +147,9 @@ def train(
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
     save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps (for --resume).")] = 50,
-    max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_length: MaxLengthOption = 256,
+    dtype: DtypeOption = "auto",
+    seed: SeedOption = 0,
     distill: Annotated[
         str | None,
         typer.Option(help="ALPHA,TEMPERATURE: mix KL to the teacher's p_<label> columns into the loss."),
@@ -217,19 +225,19 @@ def label(
 
 @app.command()
 def compare(
-    task: Annotated[str, typer.Option(help="Built-in task name or task YAML file.")],
+    task: TaskOption,
     train_file: Annotated[Path, typer.Option("--train", help="Training rows.")],
     val_file: Annotated[Path, typer.Option("--val", help="Validation rows.")],
     test_file: Annotated[Path, typer.Option("--test", help="Test rows.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for models, reports and the table.")],
     methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "head,label-tokens,generate",
-    base: Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")] = DEFAULT_BASE,
-    epochs: Annotated[float, typer.Option(help="Passes over the training rows.")] = 3.0,
+    base: BaseOption = DEFAULT_BASE,
+    epochs: EpochsOption = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop each run after this many steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Rows per step.")] = 16,
-    max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = 256,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    max_length: MaxLengthOption = 256,
+    dtype: DtypeOption = "auto",
+    seed: SeedOption = 0,
 ) -> None:
     """Train several methods on the same data and write one comparison table."""
     from guardtune.compare import compare_methods, comparison_markdown
@@ -271,7 +279,7 @@ def eval_command(
     model: Annotated[Path, typer.Option(help="Model directory.")],
     data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    dtype: DtypeOption = "auto",
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
@@ -302,7 +310,7 @@ def calibrate(
     min_recall: Annotated[
         float | None, typer.Option(help="Highest precision with at least this recall.")
     ] = None,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Fit temperature scaling and thresholds (max F1 by default) on validation rows."""
     from guardtune.api import calibrate as calibrate_model
@@ -343,7 +351,7 @@ def predict(
         typer.Option("--out", help="Output file (CSV, JSONL, Parquet); with --engine ray a new folder."),
     ],
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    dtype: DtypeOption = "auto",
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors).")] = "local",
     output_format: Annotated[
         str, typer.Option("--format", help="ray engine: parquet or csv part files.")
@@ -401,7 +409,7 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")] = "auto",
+    dtype: DtypeOption = "auto",
     max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Jobs waiting for the model before 503.")] = 256,
