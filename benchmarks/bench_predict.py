@@ -72,19 +72,24 @@ RESULT_KEYS = (
 # -- shared helpers -----------------------------------------------------------------------------
 
 
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """A process's peak resident set size so far (Linux ``VmHWM``) in MB, or None without /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    return None if kb is None else kb / 1024
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process's memory so far, in MB.
 
     Linux's ``VmHWM`` starts afresh when a process execs; ``ru_maxrss`` (the fallback) would carry
     the parent's peak into a fresh worker process.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    hwm = vm_hwm_mb()
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mb() -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from bench_predict import vm_hwm_mb
 
 from guardtune.api import Classifier, train
 from guardtune.data.synth import generate
@@ -100,16 +101,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """The process's peak resident memory so far (Linux ``VmHWM``), or None where /proc has none."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
-    return None if kb is None else kb / 1024
-
-
 def served(model: Path, texts: list[str], levels: list[int], n: int, args: argparse.Namespace) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -150,7 +141,7 @@ def served(model: Path, texts: list[str], levels: list[int], n: int, args: argpa
             )
         metrics = httpx.get(url + "/metrics", trust_env=False).text
         batches = [line for line in metrics.splitlines() if line.startswith("guardtune_batch_size_")]
-        rows.append({"batch_metrics": batches, "server_peak_rss_mb": peak_rss_mb(server.pid)})
+        rows.append({"batch_metrics": batches, "server_peak_rss_mb": vm_hwm_mb(server.pid)})
         return rows
     finally:
         server.terminate()
