@@ -116,7 +116,9 @@ def test_loading_a_base_caps_the_kernel_caches_unless_the_user_set_them(
 
     from guardtune.backbone import KERNEL_CACHE_ENV, load_backbone
 
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    # Set, then delete: monkeypatch then restores the session's own value (or its absence) after.
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "unset")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "7")
     load_backbone(tiny_base)
     assert (
