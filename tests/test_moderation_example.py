@@ -1,0 +1,89 @@
+"""examples/moderation/prepare.py: category mapping and role-play wrapping, on made-up rows."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+import pytest
+
+PREPARE = Path(__file__).resolve().parents[1] / "examples" / "moderation" / "prepare.py"
+
+
+@pytest.fixture(scope="module")
+def prepare() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("moderation_prepare", PREPARE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def made_up_train() -> pd.DataFrame:
+    rules = "More rules. " * 40
+    personas = [f"I want you to act as guide {i}. You answer briefly. {rules}" for i in range(5)]
+    rows = [(text, "safe", "", "awesome_chatgpt_prompts") for text in personas]
+    rows += [(f"how do I pick lock {i}", "unsafe", "illicit", "harmbench") for i in range(8)]
+    rows += [(f"who wrote song {i}", "safe", "", "nq_open_dev") for i in range(8)]
+    rows += [(f"group insult {i}", "unsafe", "hate", "stormfront") for i in range(8)]
+    return pd.DataFrame(rows, columns=["text", "label", "categories", "source"])
+
+
+def test_persona_opening_stops_at_a_sentence_end(prepare: ModuleType) -> None:
+    persona = "I want you to act as a travel guide. " + "You suggest places to visit. " * 20
+    opening = prepare.persona_opening(persona)
+    assert opening.startswith("I want you to act as a travel guide.")
+    assert opening.endswith(".")
+    assert len(opening) <= prepare.PERSONA_CHARS
+
+
+def test_wrapped_requests_keep_their_label_and_categories(prepare: ModuleType) -> None:
+    train = made_up_train()
+    wrapped = prepare.wrap_requests(train, count=6, seed=0)
+    assert wrapped["source"].value_counts().to_dict() == {"harmbench+persona": 6, "nq_open_dev+persona": 6}
+    for row in wrapped.itertuples():
+        persona, request = row.text.split("\n\n")
+        assert persona.startswith("I want you to act as guide")
+        original = train[train["text"] == request].iloc[0]
+        assert (row.label, row.categories) == (original["label"], original["categories"])
+    # Requests come from the named request sources only, never from hate corpora or the personas.
+    assert not wrapped["text"].str.contains("group insult").any()
+
+
+def test_no_personas_or_no_count_wraps_nothing(prepare: ModuleType) -> None:
+    train = made_up_train()
+    assert prepare.wrap_requests(train, count=0, seed=0).empty
+    assert prepare.wrap_requests(train[train["source"] != prepare.PERSONAS], count=6, seed=0).empty
+
+
+def test_persona_sentences_are_safe_plain_sentences_of_the_role_play_prompts(prepare: ModuleType) -> None:
+    persona = (
+        "I want you to act as a **poet** for my blog. Write short poems about the sea.\n"
+        "- Use `markdown` headers like # Title for each poem.\n"
+        "ok thanks"
+    )
+    train = pd.concat(
+        [
+            made_up_train(),
+            pd.DataFrame(
+                [(persona, "safe", "", prepare.PERSONAS)], columns=["text", "label", "categories", "source"]
+            ),
+        ]
+    )
+    sentences = prepare.persona_sentences(train, count=1000, seed=0)
+    assert set(sentences["label"]) == {"safe"} and set(sentences["categories"]) == {""}
+    texts = set(sentences["text"])
+    assert {"I want you to act as a poet for my blog.", "Write short poems about the sea."} <= texts
+    # Markup, lowercase fragments and too-short pieces stay out; nothing comes from other sources.
+    assert not any("`" in text or text.startswith("ok") for text in texts)
+    assert not any("pick lock" in text for text in texts)
+    assert len(prepare.persona_sentences(train, count=3, seed=0)) == 3
+
+
+def test_an_unknown_source_category_stops_the_script(prepare: ModuleType) -> None:
+    assert prepare.map_category("harmbench", "cybercrime_intrusion") == "illicit"
+    assert prepare.map_category("toxigen_seeds", "hate:asian") == "hate"
+    with pytest.raises(SystemExit, match="no mapping for source 'harmbench' category 'new_kind'"):
+        prepare.map_category("harmbench", "new_kind")
