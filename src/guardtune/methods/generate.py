@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,19 +25,16 @@ from transformers import DataCollatorForSeq2Seq
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
+from guardtune.methods.base import PromptMethod
 from guardtune.methods.common import (
     PrefixState,
-    cached_prefix,
     decoder_states,
     decoder_states_after,
     lm_head_rows,
     output_cache,
     pad_batch,
-    trainable_state,
 )
 from guardtune.methods.label_tokens import label_token_ids
-from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
-from guardtune.methods.prompting import PromptEncoder
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
@@ -80,33 +76,24 @@ def _build_trie(answers: list[Answer]) -> TrieNode:
 
 
 @register_method("generate")
-class GenerateMethod(nn.Module):
+class GenerateMethod(PromptMethod):
     """LoRA + supervised fine-tuning on exact answers; constrained decoding at inference."""
 
     name = "generate"
 
     def __init__(self, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int) -> None:
-        super().__init__()
         if task.overall is not None:
             # Its answers would need a masked category line for rows that name no category.
             raise GuardtuneError(
                 f"--method generate: task {task.name} has an overall label ({task.overall!r}) with "
                 "harm categories; use --method head"
             )
-        self.backbone = backbone
-        self.peft_model = backbone.peft_model
-        self.adapter_name = adapter_name
-        self.task = task
-        self.max_length = max_length
-        self.prompt = PromptEncoder.for_task(task, backbone.tokenizer, max_length)
+        super().__init__(backbone, adapter_name, task, max_length)
         self.eos = backbone.tokenizer.eos_token_id
         self.answers = self._answers()
         self.by_text = {answer.text: answer for answer in self.answers}
         self.trie = _build_trie(self.answers)
-        self.distill: tuple[float, float] | None = None
         self.logits_in_forward = False
-        self.shared_prefix = self.prompt.prefix
-        self._prefix: PrefixState | None = None
         self.longest_answer = max(len(answer.tokens) for answer in self.answers)
         self._collator = DataCollatorForSeq2Seq(backbone.tokenizer, label_pad_token_id=IGNORE, padding=True)
         if task.mode == "multi":
@@ -155,38 +142,6 @@ class GenerateMethod(nn.Module):
             return str(labels)
         return UNSAFE + "\n" + ",".join(labels) if labels else SAFE
 
-    # -- building and persistence -----------------------------------------------------------
-
-    @classmethod
-    def create(
-        cls,
-        backbone: Backbone,
-        task: TaskSpec,
-        lora: LoraSettings,
-        max_length: int,
-        train_labels: list[Any] | None = None,
-    ) -> GenerateMethod:
-        return cls(backbone, apply_lora(backbone, lora), task, max_length)
-
-    @classmethod
-    def load(
-        cls,
-        directory: Path,
-        backbone: Backbone,
-        task: TaskSpec,
-        max_length: int,
-        adapter_name: str | None = None,
-    ) -> GenerateMethod:
-        method = cls(backbone, load_lora(backbone, directory, adapter_name), task, max_length)
-        method.eval()
-        return method
-
-    def save(self, directory: Path) -> None:
-        save_lora(self.peft_model, self.adapter_name, directory, self.backbone.base)
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self)
-
     # -- data -------------------------------------------------------------------------------
 
     def encode(self, texts: list[str]) -> list[list[int]]:
@@ -200,9 +155,6 @@ class GenerateMethod(nn.Module):
             answer = self.by_text[self.answer_text(label)].tokens
             rows.append({"input_ids": prompt_ids + answer, "labels": [IGNORE] * len(prompt_ids) + answer})
         return rows
-
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self._collator(features)
 
     # -- training ---------------------------------------------------------------------------
 
@@ -229,14 +181,6 @@ class GenerateMethod(nn.Module):
         return {"loss": loss}
 
     # -- inference --------------------------------------------------------------------------
-
-    def train(self, mode: bool = True) -> GenerateMethod:
-        if mode:
-            self._prefix = None  # training changes the weights the prefix cache was made with
-        return super().train(mode)
-
-    def prefix_state(self) -> PrefixState:
-        return cached_prefix(self)
 
     def _left_padded(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -19,15 +19,15 @@ from transformers import DataCollatorWithPadding
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 from guardtune.long_text import head_and_tail
+from guardtune.methods.base import LoraMethod
 from guardtune.methods.common import (
     decoder_states,
     label_features,
     last_token_states,
     multi_label_loss,
     single_label_loss,
-    trainable_state,
 )
-from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
+from guardtune.methods.lora import LoraSettings, apply_lora
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
@@ -45,7 +45,7 @@ def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0)
 
 
 @register_method("head")
-class HeadMethod(nn.Module):
+class HeadMethod(LoraMethod):
     """LoRA + linear classification head on the last token's hidden state."""
 
     name = "head"
@@ -59,12 +59,7 @@ class HeadMethod(nn.Module):
         pos_weight: torch.Tensor | None = None,
         bias: bool = False,
     ) -> None:
-        super().__init__()
-        self.peft_model = backbone.peft_model
-        self.adapter_name = adapter_name
-        self.backbone = backbone
-        self.task = task
-        self.max_length = max_length
+        super().__init__(backbone, adapter_name, task, max_length)
         # No bias, so the head is exactly transformers' ``*ForSequenceClassification.score`` and a
         # merged export loads with AutoModelForSequenceClassification. ``bias=True`` only for
         # models saved before heads were bias-free.
@@ -72,7 +67,6 @@ class HeadMethod(nn.Module):
         self.classifier.to(backbone.device)
         weight = pos_weight if pos_weight is not None else torch.ones(len(task.labels))
         self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
-        self.distill: tuple[float, float] | None = None
         self.logits_in_forward = True
         self.shared_prefix: list[int] = []  # the message alone: nothing to reuse
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
@@ -86,31 +80,21 @@ class HeadMethod(nn.Module):
         task: TaskSpec,
         lora: LoraSettings,
         max_length: int,
-        train_labels: list[str] | list[list[str]] | None = None,
+        train_labels: list[Any] | None = None,
     ) -> HeadMethod:
         """New trainable parts (LoRA adapter + head) on ``backbone``."""
         pos_weight = None
         if task.mode == "multi" and train_labels is not None:
-            pos_weight = positive_weights(task, train_labels)  # type: ignore[arg-type]
+            pos_weight = positive_weights(task, train_labels)
         return cls(backbone, apply_lora(backbone, lora), task, max_length, pos_weight)
 
     @classmethod
-    def load(
-        cls,
-        directory: Path,
-        backbone: Backbone,
-        task: TaskSpec,
-        max_length: int,
-        adapter_name: str | None = None,
+    def restore(
+        cls, directory: Path, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int
     ) -> HeadMethod:
-        """Load the adapter and head saved by :meth:`save` onto ``backbone`` (no pickle).
-
-        Several models trained on the same base can share one backbone, each under its own
-        ``adapter_name``.
-        """
+        """The method around a loaded adapter, with the head saved beside it."""
         state = load_file(str(directory / HEAD_FILE), device=str(backbone.device))
-        adapter = load_lora(backbone, directory, adapter_name)
-        method = cls(backbone, adapter, task, max_length, bias="bias" in state)
+        method = cls(backbone, adapter_name, task, max_length, bias="bias" in state)
         expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
@@ -119,17 +103,12 @@ class HeadMethod(nn.Module):
                 f"(expected {expected})"
             )
         method.classifier.load_state_dict(state)
-        method.eval()
         return method
 
-    def save(self, directory: Path) -> None:
-        """Write the PEFT adapter and the head as safetensors into ``directory``."""
-        save_lora(self.peft_model, self.adapter_name, directory, self.backbone.base)
+    def save_extras(self, directory: Path) -> None:
+        """The head as safetensors, its label order in the metadata."""
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
-
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return trainable_state(self)
 
     # -- data -----------------------------------------------------------------------------------
 
@@ -141,9 +120,6 @@ class HeadMethod(nn.Module):
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         """Training rows: token ids, the gold label (class index or multi-hot row), soft labels."""
         return label_features(self.task, self.encode(texts), labels, soft_labels)
-
-    def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return self._collator(features)
 
     # -- computation ----------------------------------------------------------------------------
 
