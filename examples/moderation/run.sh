@@ -6,7 +6,7 @@
 set -euo pipefail
 DATA=${1:?usage: run.sh PATH/TO/data/moderation [OUT_DIR]}
 OUT=${2:-runs/moderation}
-STEPS=${STEPS:-600}          # optimizer steps of 16 rows (about one epoch)
+STEPS=${STEPS:-1000}         # optimizer steps of 16 rows (about 1.4 epochs)
 MAX_LENGTH=${MAX_LENGTH:-64} # tokens read per text (head and tail of longer ones)
 MAX_FPR=${MAX_FPR:-0.05}
 
