@@ -46,8 +46,11 @@ class LoraMethod(nn.Module):
         max_length: int,
         train_labels: list[Any] | None = None,
     ) -> Self:
-        """A new trainable adapter on ``backbone`` (``train_labels`` for methods that weigh labels)."""
-        return cls(backbone, apply_lora(backbone, lora), task, max_length)
+        """A new trainable adapter on ``backbone``, fitted to ``train_labels`` where a method uses them."""
+        method = cls(backbone, apply_lora(backbone, lora), task, max_length)
+        if train_labels is not None:
+            method.weigh_labels(train_labels)
+        return method
 
     @classmethod
     def load(
@@ -67,6 +70,9 @@ class LoraMethod(nn.Module):
         method = cls.restore(directory, backbone, adapter, task, max_length)
         method.eval()
         return method
+
+    def weigh_labels(self, train_labels: list[Any]) -> None:
+        """Set what depends on the training labels' balance; nothing unless a method overrides it."""
 
     @classmethod
     def restore(

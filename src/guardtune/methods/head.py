@@ -27,7 +27,6 @@ from guardtune.methods.common import (
     multi_label_loss,
     single_label_loss,
 )
-from guardtune.methods.lora import LoraSettings, apply_lora
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
@@ -56,7 +55,6 @@ class HeadMethod(LoraMethod):
         adapter_name: str,
         task: TaskSpec,
         max_length: int,
-        pos_weight: torch.Tensor | None = None,
         bias: bool = False,
     ) -> None:
         super().__init__(backbone, adapter_name, task, max_length)
@@ -65,28 +63,20 @@ class HeadMethod(LoraMethod):
         # models saved before heads were bias-free.
         self.classifier = nn.Linear(backbone.hidden_size, len(task.labels), bias=bias, dtype=torch.float32)
         self.classifier.to(backbone.device)
-        weight = pos_weight if pos_weight is not None else torch.ones(len(task.labels))
-        self.register_buffer("pos_weight", weight.to(backbone.device), persistent=False)
+        # BCE positive weights per label; weigh_labels sets them from the training labels.
+        ones = torch.ones(len(task.labels), device=backbone.device)
+        self.register_buffer("pos_weight", ones, persistent=False)
         self.logits_in_forward = True
         self.shared_prefix: list[int] = []  # the message alone: nothing to reuse
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
 
     # -- building and persistence -------------------------------------------------------------
 
-    @classmethod
-    def create(
-        cls,
-        backbone: Backbone,
-        task: TaskSpec,
-        lora: LoraSettings,
-        max_length: int,
-        train_labels: list[Any] | None = None,
-    ) -> HeadMethod:
-        """New trainable parts (LoRA adapter + head) on ``backbone``."""
-        pos_weight = None
-        if task.mode == "multi" and train_labels is not None:
-            pos_weight = positive_weights(task, train_labels)
-        return cls(backbone, apply_lora(backbone, lora), task, max_length, pos_weight)
+    def weigh_labels(self, train_labels: list[Any]) -> None:
+        """Multi-label: BCE positive weights from the training labels, so rare categories count."""
+        if self.task.mode == "multi":
+            weights = positive_weights(self.task, train_labels)
+            self.get_buffer("pos_weight").copy_(weights)
 
     @classmethod
     def restore(
