@@ -18,6 +18,11 @@ METRIC_KEYS = {
 }
 
 
+def train_intent(monkeypatch: pytest.MonkeyPatch, data: Path, out: Path, *options: object) -> int:
+    """``guardtune train --task pii-intent --train DATA --out OUT OPTIONS...``; its exit code."""
+    return run_cli(monkeypatch, "train", "--task", "pii-intent", "--train", data, "--out", out, *options)
+
+
 def test_synth_train_eval_predict(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -25,46 +30,13 @@ def test_synth_train_eval_predict(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = tmp_path / "synth.csv"
-    assert (
-        run_cli(
-            monkeypatch,
-            "data",
-            "synth",
-            "--task",
-            "pii-intent",
-            "--n",
-            "90",
-            "--seed",
-            "1",
-            "--out",
-            data,
-        )
-        == 0
-    )
+    synth = ["data", "synth", "--task", "pii-intent", "--n", "90", "--seed", "1", "--out", data]
+    assert run_cli(monkeypatch, *synth) == 0
     assert len(pd.read_csv(data)) == 90
 
     model = tmp_path / "model"
-    code = run_cli(
-        monkeypatch,
-        "train",
-        "--task",
-        "pii-intent",
-        "--train",
-        data,
-        "--out",
-        model,
-        "--base",
-        tiny_base,
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "32",
-        "--dtype",
-        "fp32",
-    )
-    assert code == 0
+    tiny = ["--max-steps", "4", "--batch-size", "8", "--max-length", "32", "--dtype", "fp32"]
+    assert train_intent(monkeypatch, data, model, "--base", tiny_base, *tiny) == 0
     assert (model / "guardtune.json").is_file()
     manifest = json.loads((model / "guardtune.json").read_text())
     assert manifest["method"] == "head" and manifest["base"] == tiny_base
@@ -100,19 +72,7 @@ def test_synth_train_eval_predict(
 
     # An existing output directory is not overwritten by accident.
     capsys.readouterr()
-    again = run_cli(
-        monkeypatch,
-        "train",
-        "--task",
-        "pii-intent",
-        "--train",
-        data,
-        "--out",
-        model,
-        "--base",
-        tiny_base,
-    )
-    assert again == 1
+    assert train_intent(monkeypatch, data, model, "--base", tiny_base) == 1
     assert "already exists" in capsys.readouterr().err
 
 
@@ -159,21 +119,7 @@ def test_train_with_bad_label_leaves_no_output(
 ) -> None:
     data = tmp_path / "bad.csv"
     data.write_text("text,label\nhello,none\nwhats ur snap,askin\n")
-    assert (
-        run_cli(
-            monkeypatch,
-            "train",
-            "--task",
-            "pii-intent",
-            "--train",
-            data,
-            "--out",
-            tmp_path / "m",
-            "--base",
-            tiny_base,
-        )
-        == 1
-    )
+    assert train_intent(monkeypatch, data, tmp_path / "m", "--base", tiny_base) == 1
     assert "bad.csv: row 3: unknown label 'askin'" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.csv"]
 
@@ -211,60 +157,14 @@ def test_label_then_distill_then_compare(
 ) -> None:
     teacher = tmp_path / "teacher"
     common = ["--base", tiny_base, "--max-length", "32", "--dtype", "fp32", "--batch-size", "8"]
-    assert (
-        run_cli(
-            monkeypatch,
-            "train",
-            "--task",
-            "pii-intent",
-            "--train",
-            toy_files["train"],
-            "--out",
-            teacher,
-            "--max-steps",
-            "3",
-            *common,
-        )
-        == 0
-    )
+    assert train_intent(monkeypatch, toy_files["train"], teacher, "--max-steps", "3", *common) == 0
     soft = tmp_path / "soft.csv"
     assert run_cli(monkeypatch, "label", "--model", teacher, "--data", toy_files["val"], "--out", soft) == 0
     frame = pd.read_csv(soft)
     assert ((frame[["p_none", "p_asking", "p_giving"]].sum(axis=1) - 1).abs() < 1e-6).all()
-    assert (
-        run_cli(
-            monkeypatch,
-            "train",
-            "--task",
-            "pii-intent",
-            "--train",
-            soft,
-            "--out",
-            tmp_path / "student",
-            "--max-steps",
-            "2",
-            "--distill",
-            "0.5,2",
-            *common,
-        )
-        == 0
-    )
-    assert (
-        run_cli(
-            monkeypatch,
-            "train",
-            "--task",
-            "pii-intent",
-            "--train",
-            soft,
-            "--out",
-            tmp_path / "x",
-            "--distill",
-            "half",
-            *common,
-        )
-        == 1
-    )
+    student = tmp_path / "student"
+    assert train_intent(monkeypatch, soft, student, "--max-steps", "2", "--distill", "0.5,2", *common) == 0
+    assert train_intent(monkeypatch, soft, tmp_path / "x", "--distill", "half", *common) == 1
 
     table = tmp_path / "compare"
     code = run_cli(
