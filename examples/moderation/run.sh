@@ -9,10 +9,11 @@ OUT=${2:-runs/moderation}
 STEPS=${STEPS:-1000}         # optimizer steps of 16 rows (about 1.4 epochs)
 MAX_LENGTH=${MAX_LENGTH:-64} # tokens read per text (head and tail of longer ones)
 MAX_FPR=${MAX_FPR:-0.05}
+SEED=${SEED:-0}              # the rows sampled, the split, the augmentation and training
 
-python examples/moderation/prepare.py --data "$DATA" --out "$OUT/data"
+python examples/moderation/prepare.py --data "$DATA" --out "$OUT/data" --seed "$SEED"
 guardtune train --task moderation --train "$OUT/data/train.csv" --val "$OUT/data/val.csv" \
-  --out "$OUT/model" --max-steps "$STEPS" --batch-size 16 --max-length "$MAX_LENGTH" --overwrite
+  --out "$OUT/model" --max-steps "$STEPS" --batch-size 16 --max-length "$MAX_LENGTH" --seed "$SEED" --overwrite
 guardtune calibrate --model "$OUT/model" --data "$OUT/data/val.csv" --max-fpr "$MAX_FPR"
 guardtune eval --model "$OUT/model" --data "$OUT/data/heldout.csv" --out "$OUT/eval-heldout"
 guardtune predict --model "$OUT/model" --data "$OUT/data/test.csv" --out "$OUT/predictions/test.csv"
