@@ -31,6 +31,8 @@ EpochsOption = Annotated[float, typer.Option(help="Passes over the training rows
 MaxLengthOption = Annotated[int, typer.Option(help="Tokens kept per text.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
+LabelledDataOption = Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")]
+ModelOption = Annotated[Path, typer.Option(help="Model directory.")]
 
 
 @app.command()
@@ -74,7 +76,7 @@ def data_synth(
 @data_app.command("split")
 def data_split(
     task: TaskOption,
-    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+    data: LabelledDataOption,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for train / val / test files.")],
     val: Annotated[float, typer.Option(help="Validation share.")] = 0.1,
     test: Annotated[float, typer.Option(help="Test share.")] = 0.1,
@@ -106,7 +108,7 @@ def data_split(
 @data_app.command("stats")
 def data_stats(
     task: TaskOption,
-    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+    data: LabelledDataOption,
 ) -> None:
     """Check a labelled file against a task and print rows per label."""
     from guardtune.data.readers import label_counts, load_examples
@@ -276,8 +278,8 @@ def _long_text(value: str | None) -> str | None:
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[Path, typer.Option(help="Model directory.")],
-    data: Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")],
+    model: ModelOption,
+    data: LabelledDataOption,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
     dtype: DtypeOption = "auto",
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
@@ -342,7 +344,7 @@ def _rate(value: float | None) -> str:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Option(help="Model directory.")],
+    model: ModelOption,
     data: Annotated[
         Path, typer.Option(help="Rows to classify (CSV, JSONL, Parquet); with --engine ray also a folder.")
     ],
@@ -475,7 +477,7 @@ def list_methods() -> None:
 
 @app.command()
 def export(
-    model: Annotated[Path, typer.Option(help="Model directory.")],
+    model: ModelOption,
     out_path: Annotated[Path, typer.Option("--out", help="Directory (merged) or .gguf file (gguf).")],
     fmt: Annotated[
         str, typer.Option("--format", help="merged (Hugging Face directory) or gguf (llama.cpp).")
