@@ -1,18 +1,21 @@
 """The head method on a tiny random model: learning, save/load, dual path, resume."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from guardtune.api import Classifier, train
 from guardtune.backbone import load_backbone
 from guardtune.data.readers import load_examples
+from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, get_method
 from guardtune.methods.common import last_token_states
+from guardtune.methods.head import HEAD_FILE
 from guardtune.task import load_task
 from guardtune.train import TrainSettings, fit
 
@@ -203,3 +206,16 @@ def test_two_models_share_one_backbone(trained, tiny_base: str, tmp_path: Path, 
         np.testing.assert_allclose(second.predict_proba(texts), alone[1], atol=1e-6)
     assert not np.allclose(alone[0], alone[1])
     assert sorted(shared.peft_model.peft_config) == ["pii", "pii-2"]
+
+
+def test_a_failed_load_leaves_a_shared_backbone_as_it_was(trained, tiny_base: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(trained.directory, broken)
+    save_file({"weight": torch.zeros(2, 2)}, str(broken / HEAD_FILE))
+    shared = load_backbone(tiny_base, dtype="fp32")
+    first = Classifier.load(trained.directory, backbone=shared, adapter_name="pii")
+    before = first.predict_proba(["whats ur snap"])
+    with pytest.raises(GuardtuneError, match="head tensors"):
+        Classifier.load(broken, backbone=shared, adapter_name="pii-broken")
+    assert list(shared.peft_model.peft_config) == ["pii"]
+    np.testing.assert_allclose(first.predict_proba(["whats ur snap"]), before, atol=1e-6)

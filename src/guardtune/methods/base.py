@@ -67,7 +67,12 @@ class LoraMethod(nn.Module):
         ``adapter_name``.
         """
         adapter = load_lora(backbone, directory, adapter_name)
-        method = cls.restore(directory, backbone, adapter, task, max_length)
+        try:
+            method = cls.restore(directory, backbone, adapter, task, max_length)
+        except Exception:
+            # A shared backbone must not keep an adapter whose model failed to load.
+            backbone.peft_model.delete_adapter(adapter)
+            raise
         method.eval()
         return method
 
