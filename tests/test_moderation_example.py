@@ -1,4 +1,5 @@
-"""examples/moderation/prepare.py: category mapping and role-play wrapping, on made-up rows."""
+"""examples/moderation: prepare.py's category mapping and role-play wrapping, report.py's HateCheck
+breakdown, on made-up rows."""
 
 from __future__ import annotations
 
@@ -9,16 +10,25 @@ from types import ModuleType
 import pandas as pd
 import pytest
 
-PREPARE = Path(__file__).resolve().parents[1] / "examples" / "moderation" / "prepare.py"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "moderation"
 
 
-@pytest.fixture(scope="module")
-def prepare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("moderation_prepare", PREPARE)
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"moderation_{name}", EXAMPLE / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def prepare() -> ModuleType:
+    return load_script("prepare")
+
+
+@pytest.fixture(scope="module")
+def report() -> ModuleType:
+    return load_script("report")
 
 
 def made_up_train() -> pd.DataFrame:
@@ -87,3 +97,60 @@ def test_an_unknown_source_category_stops_the_script(prepare: ModuleType) -> Non
     assert prepare.map_category("toxigen_seeds", "hate:asian") == "hate"
     with pytest.raises(SystemExit, match="no mapping for source 'harmbench' category 'new_kind'"):
         prepare.map_category("harmbench", "new_kind")
+
+
+def write_suite(path: Path) -> Path:
+    """A made-up HateCheck test suite file: HateCheck's columns, its trailing spaces."""
+    cases = [
+        ("I hate group A. ", "derog_neg_emote_h", "hateful"),
+        ("I hate group B. ", "derog_neg_emote_h", "hateful"),
+        ('Saying "I hate group A" is wrong. ', "counter_quote_nh", "non-hateful"),
+        ("I love group B.", "ident_pos_nh", "non-hateful"),
+    ]
+    pd.DataFrame(cases, columns=["test_case", "functionality", "label_gold"]).to_csv(path)
+    return path
+
+
+def test_hatecheck_rows_are_broken_down_by_functionality(report: ModuleType, tmp_path: Path) -> None:
+    suite = report.read_functionalities(write_suite(tmp_path / "suite.csv"))
+    predictions = pd.DataFrame(
+        {
+            # build.py's texts: trailing space gone, case and inner spaces may differ.
+            "text": [
+                "i hate group A.",
+                "I hate  group B.",
+                'Saying "I hate group A" is wrong.',
+                "I love group B.",
+            ],
+            "label": ["unsafe,hate", "", "unsafe,hate", ""],
+            "score_unsafe": [0.9, 0.4, 0.8, 0.2],
+            "source": "hatecheck",
+        }
+    )
+    other = pd.DataFrame({"text": ["2 + 2?"], "label": [""], "score_unsafe": [0.1], "source": ["gsm8k_test"]})
+    figures = report.functionality_figures(pd.concat([predictions, other]), suite)
+    by_kind = figures.set_index(["gold", "functionality"])
+    assert by_kind.loc[("hateful", "derog_neg_emote_h")].to_dict() == {
+        "rows": 2,
+        "flagged": 0.5,
+        "mean_score": pytest.approx(0.65),
+    }
+    assert by_kind.loc[("non-hateful", "counter_quote_nh"), "flagged"] == 1.0
+    assert by_kind.loc[("non-hateful", "ident_pos_nh"), "flagged"] == 0.0
+    assert "| non-hateful | counter_quote_nh | 1 | 1.00 | 0.800 |" in report.functionality_table("x", figures)
+    report.plot_functionalities("x", figures, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_a_hatecheck_row_missing_from_the_suite_file_stops_the_report(
+    report: ModuleType, tmp_path: Path
+) -> None:
+    suite = report.read_functionalities(write_suite(tmp_path / "suite.csv"))
+    stray = pd.DataFrame(
+        {"text": ["not a test case"], "label": [""], "score_unsafe": [0.5], "source": ["hatecheck"]}
+    )
+    with pytest.raises(SystemExit, match="1 of 1 HateCheck rows are not in the --hatecheck file"):
+        report.functionality_figures(stray, suite)
+    (tmp_path / "other.csv").write_text("text,label\nhi,safe\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match=r"other\.csv: missing columns"):
+        report.read_functionalities(tmp_path / "other.csv")

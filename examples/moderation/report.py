@@ -6,8 +6,15 @@ file: per source and pooled, the rows, AUPRC of the unsafe score (where both cla
 and recall of the unsafe decision, the false-positive rate on safe rows at the model's
 threshold, and per-category F1 on the rows whose categories are known.
 
+With ``--hatecheck`` (the data folder's ``hatecheck_test_suite_cases.csv``) it also breaks the
+HateCheck rows down by functionality (e.g. counter-speech, negated hate, reclaimed slurs): the
+share flagged unsafe and the mean unsafe score of each, as a table and a bar chart
+(``hatecheck-<split>.png``). HateCheck's gold labels are known per functionality, so this shows which
+kinds of text a guard gets wrong, not only how often.
+
     python examples/moderation/report.py --split random=preds/test.csv \
-        --split held-out=preds/heldout.csv --out runs/moderation/report
+        --split held-out=preds/heldout.csv --out runs/moderation/report \
+        --hatecheck ../shared/data/moderation/hatecheck_test_suite_cases.csv
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, f1_score
 
 OVERALL = "unsafe"
+HATECHECK = "hatecheck"
 
 
 def overall_figures(frame: pd.DataFrame) -> dict[str, Any]:
@@ -55,6 +63,10 @@ def category_f1(frame: pd.DataFrame) -> dict[str, float]:
     return result
 
 
+def _slug(name: str) -> str:
+    return "-".join(name.lower().split()) or "split"
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
@@ -73,14 +85,104 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _match_key(text: str) -> str:
+    """A text as the data's build.py compares texts: whitespace collapsed, lower case."""
+    return " ".join(text.split()).lower()
+
+
+def read_functionalities(path: Path) -> dict[str, tuple[str, str]]:
+    """HateCheck's test suite file: matching key of each test case -> (functionality, gold label)."""
+    suite = pd.read_csv(path, keep_default_na=False, dtype=str)
+    missing = {"test_case", "functionality", "label_gold"} - set(suite.columns)
+    if missing:
+        raise SystemExit(
+            f"error: {path}: missing columns {sorted(missing)} (expected HateCheck's test_suite_cases.csv)"
+        )
+    return {
+        _match_key(text): (functionality, gold)
+        for text, functionality, gold in zip(
+            suite["test_case"], suite["functionality"], suite["label_gold"], strict=True
+        )
+    }
+
+
+def functionality_figures(frame: pd.DataFrame, suite: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """Per HateCheck functionality: rows, gold label, share flagged unsafe, mean unsafe score."""
+    rows = frame[frame["source"] == HATECHECK]
+    found = [suite.get(_match_key(text)) for text in rows["text"]]
+    unmatched = sum(entry is None for entry in found)
+    if unmatched:
+        raise SystemExit(
+            f"error: {unmatched} of {len(rows)} HateCheck rows are not in the --hatecheck file "
+            "(expected the file the data was built from)"
+        )
+    figures = pd.DataFrame(
+        {
+            "functionality": [entry[0] for entry in found if entry],
+            "gold": [entry[1] for entry in found if entry],
+            "flagged": rows["label"].str.split(",").map(lambda names: OVERALL in names).to_numpy(),
+            "score": rows[f"score_{OVERALL}"].to_numpy(dtype=float),
+        }
+    )
+    grouped = figures.groupby(["gold", "functionality"], as_index=False)
+    return grouped.agg(rows=("score", "size"), flagged=("flagged", "mean"), mean_score=("score", "mean"))
+
+
+def functionality_table(split: str, figures: pd.DataFrame) -> str:
+    lines = [
+        f"HateCheck by functionality ({split}): share flagged unsafe at the model's threshold",
+        "",
+        "| gold | functionality | rows | flagged | mean unsafe score |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for row in figures.to_dict("records"):
+        cells = [
+            row["gold"],
+            row["functionality"],
+            str(row["rows"]),
+            f"{row['flagged']:.2f}",
+            f"{row['mean_score']:.3f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_functionalities(split: str, figures: pd.DataFrame, path: Path) -> None:
+    """Horizontal bars: share flagged per functionality, hateful red, non-hateful blue."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = figures["functionality"].tolist()
+    colours = ["tab:red" if gold == "hateful" else "tab:blue" for gold in figures["gold"]]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(names) + 1.2))
+    ax.barh(names, figures["flagged"], color=colours)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share flagged unsafe (red: hateful, should be 1; blue: non-hateful, should be 0)")
+    ax.set_title(f"HateCheck by functionality, {split}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--split", action="append", required=True, help="NAME=PREDICTIONS_FILE (repeatable)")
     parser.add_argument("--out", type=Path, required=True, help="folder for report.md and report.json")
+    parser.add_argument(
+        "--hatecheck",
+        type=Path,
+        help="HateCheck's test_suite_cases.csv: break its rows down by functionality",
+    )
     args = parser.parse_args()
+    suite = read_functionalities(args.hatecheck) if args.hatecheck else None
     results: dict[str, dict[str, Any]] = {}
+    sections: list[str] = []
+    args.out.mkdir(parents=True, exist_ok=True)
     for spec in args.split:
         name, _, path = spec.partition("=")
         if not path:
@@ -91,14 +193,18 @@ def main() -> None:
             raise SystemExit(
                 f"error: {path}: missing columns {sorted(missing)} (expected guardtune predict output)"
             )
-        groups = {"all sources": frame} | {s: g for s, g in frame.groupby("source")}
+        groups = {"all sources": frame} | {str(s): g for s, g in frame.groupby("source")}
         results[name] = {
             source: overall_figures(group) | {"category_f1": category_f1(group)}
             for source, group in groups.items()
         }
-    args.out.mkdir(parents=True, exist_ok=True)
+        if suite is not None and (frame["source"] == HATECHECK).any():
+            figures = functionality_figures(frame, suite)
+            results[name][HATECHECK]["functionalities"] = figures.to_dict("records")
+            sections.append(functionality_table(name, figures))
+            plot_functionalities(name, figures, args.out / f"hatecheck-{_slug(name)}.png")
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    markdown = table(results)
+    markdown = "\n\n".join([table(results), *sections])
     (args.out / "report.md").write_text(markdown + "\n", encoding="utf-8")
     print(markdown)
 
