@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The moderation guard end to end on the embedded Gemma 3 270M: build and split the public data,
 # train, calibrate the unsafe threshold for a 5% false-positive rate, evaluate on a random split
-# and on held-out sources, and write the per-source table. Run from the repository root with the
-# virtual environment active:  bash examples/moderation/run.sh ../shared/data/moderation
+# and on held-out sources, and write the per-source table (HateCheck also per functionality). Run
+# from the repository root with the virtual environment active:
+#   bash examples/moderation/run.sh ../shared/data/moderation
 set -euo pipefail
 DATA=${1:?usage: run.sh PATH/TO/data/moderation [OUT_DIR]}
 OUT=${2:-runs/moderation}
@@ -19,5 +20,6 @@ guardtune eval --model "$OUT/model" --data "$OUT/data/heldout.csv" --out "$OUT/e
 guardtune predict --model "$OUT/model" --data "$OUT/data/test.csv" --out "$OUT/predictions/test.csv"
 guardtune predict --model "$OUT/model" --data "$OUT/data/heldout.csv" --out "$OUT/predictions/heldout.csv"
 python examples/moderation/report.py --split "random split=$OUT/predictions/test.csv" \
-  --split "held-out sources=$OUT/predictions/heldout.csv" --out "$OUT/report"
+  --split "held-out sources=$OUT/predictions/heldout.csv" --out "$OUT/report" \
+  --hatecheck "$DATA/hatecheck_test_suite_cases.csv"
 echo "Serve it:  guardtune serve --model moderation=$OUT/model --port 8000"
