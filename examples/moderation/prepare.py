@@ -190,7 +190,7 @@ def composition(splits: dict[str, pd.DataFrame]) -> str:
     table = counts.groupby(["source", "split", "label"]).size().unstack(["split", "label"], fill_value=0)
     order = [(split, label) for split in splits for label in ("safe", "unsafe") if (split, label) in table]
     table = table[order]
-    columns = [f"{split} {label}" for split, label in table.columns]
+    columns = [f"{split} {label}" for split, label in order]
     lines = ["| source | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {source} | " + " | ".join(str(v) for v in row) + " |" for source, row in table.iterrows()]
     return "\n".join(lines)
