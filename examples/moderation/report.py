@@ -181,14 +181,14 @@ def main() -> None:
     args = parser.parse_args()
     suite = read_functionalities(args.hatecheck) if args.hatecheck else None
     results: dict[str, dict[str, Any]] = {}
-    sections: list[str] = []
-    args.out.mkdir(parents=True, exist_ok=True)
+    breakdowns: dict[str, pd.DataFrame] = {}
     for spec in args.split:
         name, _, path = spec.partition("=")
         if not path:
             raise SystemExit(f"error: --split {spec!r}: expected NAME=PREDICTIONS_FILE")
         frame = pd.read_csv(path, keep_default_na=False, dtype={"label": str, "categories": str})
-        missing = {"label_input", "label", "source", f"score_{OVERALL}"} - set(frame.columns)
+        needed = {"label_input", "label", "source", f"score_{OVERALL}"} | ({"text"} if suite else set())
+        missing = needed - set(frame.columns)
         if missing:
             raise SystemExit(
                 f"error: {path}: missing columns {sorted(missing)} (expected guardtune predict output)"
@@ -199,11 +199,14 @@ def main() -> None:
             for source, group in groups.items()
         }
         if suite is not None and (frame["source"] == HATECHECK).any():
-            figures = functionality_figures(frame, suite)
-            results[name][HATECHECK]["functionalities"] = figures.to_dict("records")
-            sections.append(functionality_table(name, figures))
-            plot_functionalities(name, figures, args.out / f"hatecheck-{_slug(name)}.png")
+            breakdowns[name] = functionality_figures(frame, suite)
+            results[name][HATECHECK]["functionalities"] = breakdowns[name].to_dict("records")
+    # Every input is read and checked before anything is written.
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, figures in breakdowns.items():
+        plot_functionalities(name, figures, args.out / f"hatecheck-{_slug(name)}.png")
     (args.out / "report.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    sections = [functionality_table(name, figures) for name, figures in breakdowns.items()]
     markdown = "\n\n".join([table(results), *sections])
     (args.out / "report.md").write_text(markdown + "\n", encoding="utf-8")
     print(markdown)
