@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pandas as pd
@@ -29,6 +31,15 @@ WORDS = {
     ],
     "giving": ["my", "is", "call", "me", "at", "mail", "street", "phone", "here", "reach"],
 }
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of the repository (a benchmark, an example) imported as a module, by file path."""
+    spec = importlib.util.spec_from_file_location(f"_script_{path.parent.name}_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def toy_rows(n: int, seed: int) -> pd.DataFrame:

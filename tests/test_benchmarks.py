@@ -5,7 +5,6 @@ Only the output's shape is checked: speed figures from a tiny random model mean 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections.abc import Iterator
@@ -14,18 +13,15 @@ from types import ModuleType
 
 import pytest
 import torch
+from conftest import load_script
 
 pytestmark = pytest.mark.benchmark_smoke
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_benchmark(name: str) -> ModuleType:
+    return load_script(BENCHMARKS / f"{name}.py")
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def is_number(value: object) -> bool:
 def test_bench_predict_writes_json_and_markdown(
     tiny_base_wide_window: str, tmp_path: Path, one_thread: None
 ) -> None:
-    bench = load_script("bench_predict")
+    bench = load_benchmark("bench_predict")
     out_json, out_md = tmp_path / "predict.json", tmp_path / "predict.md"
     bench.main(
         [
@@ -83,7 +79,7 @@ def test_bench_predict_writes_json_and_markdown(
 def test_bench_train_writes_json_and_markdown(
     tiny_base_wide_window: str, tmp_path: Path, one_thread: None
 ) -> None:
-    bench = load_script("bench_train")
+    bench = load_benchmark("bench_train")
     out_json, out_md = tmp_path / "train.json", tmp_path / "train.md"
     bench.main(
         [

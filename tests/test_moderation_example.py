@@ -3,32 +3,24 @@ breakdown, on made-up rows."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 import pytest
+from conftest import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "moderation"
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"moderation_{name}", EXAMPLE / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def prepare() -> ModuleType:
-    return load_script("prepare")
+    return load_script(EXAMPLE / "prepare.py")
 
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    return load_script("report")
+    return load_script(EXAMPLE / "report.py")
 
 
 def made_up_train() -> pd.DataFrame:
