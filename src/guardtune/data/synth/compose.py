@@ -1,0 +1,132 @@
+"""Turn a family's templates into rows: pick, fill, style, and keep near-duplicates out."""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from faker import Faker
+
+from guardtune.data.synth.families import Family, template_fields
+from guardtune.data.synth.fillers import FIELD_CATEGORY, RowContext, fillers
+from guardtune.data.synth.style import Piece, apply_style
+
+T = TypeVar("T")
+# Enough to escape collisions on value-free templates without looping forever on tiny pools.
+_MAX_RETRIES = 30
+_FORMATTER = string.Formatter()
+
+
+class Renderer:
+    """Fills templates for one ``generate`` call: one random stream, one Faker per locale."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self._seed = seed
+        self._fakes: dict[str, Faker] = {}
+        self._fill = fillers()
+
+    def context(self, family: Family) -> RowContext:
+        locale = family.locales[0] if len(family.locales) == 1 else self.rng.choice(family.locales)
+        if locale not in self._fakes:
+            fake = Faker(locale)
+            fake.seed_instance(self._seed)
+            self._fakes[locale] = fake
+        return RowContext(rng=self.rng, fake=self._fakes[locale], locale=locale)
+
+    def render(self, template: str, ctx: RowContext, body: list[Piece] | None = None) -> list[Piece]:
+        """Pieces of ``template`` with every placeholder filled (``{body}`` by ``body``)."""
+        pieces: list[Piece] = []
+        for literal, field, _spec, _conv in _FORMATTER.parse(template):
+            if literal:
+                pieces.append(Piece(literal))
+            if field == "body" and body is not None:
+                pieces.extend(body)
+            elif field:
+                pieces.append(Piece(self._fill[field.rstrip("0123456789")](ctx), value=True))
+        return pieces
+
+    def single(self, family: Family, split: str, label: str) -> str:
+        """One single-label message of ``label`` from ``family``."""
+        ctx = self.context(family)
+        pieces = self.render(self.rng.choice(family.pools[split][label]), ctx)
+        return apply_style(pieces, self.rng.choice(family.styles), self.rng)
+
+    def composed(
+        self, family: Family, split: str, group: str, single: str, codes: tuple[str, ...]
+    ) -> tuple[str, str]:
+        """One multi-label message: clauses for ``group`` (``single`` names the category of a ``one``
+        row), safe context, a frame around it all; returns the text and its category codes."""
+        rng, pools = self.rng, family.pools[split]
+        if group == "safe":
+            templates = [rng.choice(pools["safe"])]
+        elif group == "one":
+            templates = [rng.choice(pools[single])]
+        elif "multi" in pools and rng.random() < 0.4:
+            templates = [rng.choice(pools["multi"])]
+        else:
+            k = rng.choices((2, 3, 4), weights=(0.75, 0.2, 0.05))[0]
+            templates = [rng.choice(pools[code]) for code in rng.sample(codes, k)]
+        if group != "safe" and rng.random() < family.context:
+            # Harmless text around the values keeps the model from keying on length or layout alone.
+            context = rng.choice(pools["safe"])
+            templates = [context, *templates] if rng.random() < 0.5 else [*templates, context]
+        ctx = self.context(family)
+        body: list[Piece] = []
+        for i, template in enumerate(templates):
+            if i:
+                body.append(Piece(rng.choice(family.connectors)))
+            body.extend(self.render(template, ctx))
+        if "frames" in pools:
+            body = self.render(rng.choice(pools["frames"]), ctx, body=body)
+        text = apply_style(body, rng.choice(family.styles), rng)
+        return text, _codes(templates, codes)
+
+
+def _codes(templates: list[str], order: tuple[str, ...]) -> str:
+    found = {FIELD_CATEGORY[f] for t in templates for f in template_fields(t) if f in FIELD_CATEGORY}
+    return ",".join(code for code in order if code in found)
+
+
+def dedup_key(text: str) -> str:
+    # Case, punctuation and emoji alone do not make a new message worth training on.
+    return re.sub(r"[^a-z0-9]+", "", text.lower())
+
+
+def unique(make: Callable[[], T], key: Callable[[T], str], seen: set[str], retry: bool) -> T:
+    """``make()`` again (a bounded number of times) while its key was seen before."""
+    item = make()
+    for _ in range(_MAX_RETRIES if retry else 0):
+        if key(item) not in seen:
+            break
+        item = make()
+    seen.add(key(item))
+    return item
+
+
+def quotas(n: int, shares: dict[str, float], at_least_one: bool = True) -> dict[str, int]:
+    """Largest-remainder counts per key, every key with a share present once ``n`` allows it."""
+    total = sum(shares.values())
+    exact = {k: n * s / total for k, s in shares.items()}
+    counts = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True):
+        if sum(counts.values()) >= n:
+            break
+        counts[k] += 1
+    wanted = [k for k, s in shares.items() if s > 0]
+    if at_least_one and n >= len(wanted):
+        for k in wanted:
+            if counts[k] == 0:
+                donor = max(counts, key=lambda d: counts[d])
+                counts[donor] -= 1
+                counts[k] += 1
+    return counts
+
+
+def cycle(items: tuple[str, ...], rng: random.Random) -> Iterator[str]:
+    """Endless shuffled rounds of ``items``: every item once per round, so counts stay balanced."""
+    while True:
+        yield from rng.sample(items, len(items))
