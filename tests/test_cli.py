@@ -50,6 +50,20 @@ def test_synth_train_eval_predict(
         assert (report / name).stat().st_size > 0
     errors = pd.read_csv(report / "errors.csv")
     assert len(errors) == round((1 - metrics["accuracy"]) * 90)
+    # Synthetic rows carry their template family: eval breaks the figures down by it.
+    families = pd.read_csv(data)["family"]
+    groups = metrics["groups"]
+    assert groups["column"] == "family" and set(groups["metrics"]) == set(families)
+    assert sum(g["n"] for g in groups["metrics"].values()) == 90
+    assert groups["weakest"] == min(groups["metrics"], key=lambda g: groups["metrics"][g]["accuracy"])
+    assert (report / "groups.png").stat().st_size > 0
+    assert "## By family" in (report / "report.md").read_text()
+    capsys.readouterr()
+    assert (
+        run_cli(monkeypatch, "eval", "--model", model, "--data", data, "--out", report, "--group-by", "src")
+        == 1
+    )
+    assert "no column 'src' to group by (found columns: text, label, family)" in capsys.readouterr().err
 
     inputs = tmp_path / "in.jsonl"
     pd.DataFrame({"text": ["whats ur snap?", "gg"], "id": [7, 8]}).to_json(

@@ -28,8 +28,10 @@ from guardtune.eval import (
     errors_frame,
     expected_calibration_error,
     fit_calibration,
+    group_metrics,
     multi_label_metrics,
     plot_confusion_matrix,
+    plot_groups,
     plot_precision_recall,
     plot_reliability,
     single_label_metrics,
@@ -259,21 +261,43 @@ def evaluate(
     out: str | Path,
     title: str | None = None,
     progress: bool = True,
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on a labelled file and write a report directory.
 
     Writes ``metrics.json``, ``report.md``, ``confusion_matrix.png``, ``precision_recall.png``,
     ``reliability.png`` (before and after calibration when the model is calibrated) and
-    ``errors.csv`` (every misclassified row with its scores) into ``out``, all at once.
+    ``errors.csv`` (every misclassified row with its scores) into ``out``, all at once. With
+    groups (``group_by``, or a ``family`` column in the file), also per-group metrics in
+    ``metrics.json["groups"]``, a table in ``report.md`` and ``groups.png``.
+
+    Args:
+        group_by: a column of the file whose values group the rows (e.g. ``source``); default:
+            ``family`` when the file has that column (synthetic data does), else no groups.
 
     Returns:
         The metrics dictionary (the ``metrics.json`` contract, plus ``ece`` and, for a calibrated
-        model, ``ece_uncalibrated``).
+        model, ``ece_uncalibrated``; ``groups`` with groups).
+
+    Raises:
+        GuardtuneError: an unreadable or invalid file, or a ``group_by`` column it does not have.
+
+    Example:
+        >>> metrics = evaluate("runs/pii", "check.csv", "reports/check")  # doctest: +SKIP
+        >>> metrics["groups"]["weakest"]  # doctest: +SKIP
+        'pii-words'
     """
     classifier = model if isinstance(model, Classifier) else Classifier.load(model)
     rows = load_examples(data, classifier.task)
+    group_column = _group_column(rows, group_by)
     scored = _score(classifier, rows, progress=progress)
     metrics, decided, scores = scored.metrics, scored.decided, scored.scores
+    images = ["confusion_matrix.png", "precision_recall.png", "reliability.png"]
+    if group_column is not None:
+        metrics["groups"] = group_metrics(
+            classifier.task, rows.frame[group_column].tolist(), rows.labels or [], decided, group_column
+        )
+        images.append("groups.png")
     out = Path(out)
     title = title or f"{classifier.task.name} on {Path(data).name}"
     mode = classifier.task.mode
@@ -289,6 +313,8 @@ def evaluate(
             else {"model": scores}
         )
         plot_reliability(scored.truth, curves, mode, tmp / "reliability.png", title=title)
+        if "groups" in metrics:
+            plot_groups(metrics["groups"], tmp / "groups.png", title=title)
         errors = errors_frame(rows.texts, rows.labels or [], decided, scores, classifier.labels)
         errors.to_csv(tmp / "errors.csv", index=False)
         write_report(
@@ -301,9 +327,18 @@ def evaluate(
                 "Calibration": _calibration_summary(classifier.calibration, metrics, mode),
                 "Errors": f"{len(errors)} of {len(rows)} rows misclassified; see `errors.csv`.",
             },
-            images=["confusion_matrix.png", "precision_recall.png", "reliability.png"],
+            images=images,
         )
     return metrics
+
+
+def _group_column(rows: Examples, group_by: str | None) -> str | None:
+    if group_by is None:
+        return "family" if "family" in rows.frame.columns else None
+    if group_by not in rows.frame.columns:
+        found = ", ".join(map(str, rows.frame.columns))
+        raise GuardtuneError(f"{rows.source}: no column {group_by!r} to group by (found columns: {found})")
+    return group_by
 
 
 def _calibration_summary(calibration: Calibration | None, metrics: dict[str, Any], mode: str) -> str:

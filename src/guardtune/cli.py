@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -43,34 +44,58 @@ def quickstart(
     max_steps: Annotated[int, typer.Option(help="Training steps (batch 16).")] = 120,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     base: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_BASE,
+    task: Annotated[str, typer.Option(help="pii-intent (the default) or pii-categories.")] = "pii-intent",
 ) -> None:
     """The main job: synthetic PII chat data -> LoRA classifier on the embedded Gemma -> report."""
     from guardtune.quickstart import run_quickstart
 
-    run_quickstart(out_dir, max_steps=max_steps, seed=seed, base=base, console=out)
+    run_quickstart(out_dir, max_steps=max_steps, seed=seed, base=base, console=out, task=task)
 
 
 @data_app.command("synth")
 def data_synth(
     task: Annotated[str, typer.Option(help="pii-intent or pii-categories.")],
-    n: Annotated[int, typer.Option(help="Number of rows.")],
-    out_file: Annotated[Path, typer.Option("--out", help="CSV, JSONL or Parquet file to write.")],
+    n: Annotated[int | None, typer.Option(help="Number of rows.")] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="CSV, JSONL or Parquet file to write.")
+    ] = None,
     seed: SeedOption = 0,
     split: Annotated[
         str, typer.Option(help="train, or check: phrasings the train generator never uses.")
     ] = "train",
+    family: Annotated[
+        list[str] | None, typer.Option(help="Only this template family (repeat for several).")
+    ] = None,
+    list_families: Annotated[
+        bool, typer.Option("--list-families", help="Print the task's families and their row shares.")
+    ] = False,
+    templates: Annotated[
+        Path | None, typer.Option(help="Folder of <task>/<family>.yaml files to use instead of the built-in.")
+    ] = None,
 ) -> None:
-    """Generate a synthetic chat data set for a built-in PII task."""
-    from guardtune.data.synth import generate
+    """Generate a synthetic data set for a built-in PII task; a `family` column names each row's family."""
+    from guardtune.data import synth
     from guardtune.data.writers import write_table
 
-    if split not in ("train", "check"):
+    if list_families:
+        families = synth.list_families(task, templates)
+        out.print(f"{task}: {len(families)} template families (share of rows; templates train / check)")
+        for info in families:
+            classes = ", ".join(f"{c} {s:.0%}" for c, s in info.class_shares.items())
+            pools = f"{info.templates['train']} / {info.templates['check']}"
+            out.print(f"\n[bold]{info.name}[/bold]  {info.share:.0%}  ({classes}; templates {pools})")
+            out.print(textwrap.indent(textwrap.fill(info.description, width=76), "  "), highlight=False)
+        return
+    if n is None or out_file is None:
+        raise GuardtuneError("data synth: --n and --out are required (or pass --list-families)")
+    if split not in synth.SPLITS:
         raise GuardtuneError(f"--split: expected train or check, found {split!r}")
-    frame = generate(task, n, seed, split=split)  # type: ignore[arg-type]
+    frame = synth.generate(task, n, seed, split=split, families=family, templates=templates)  # type: ignore[arg-type]
     write_table(frame, out_file)
     column = frame.columns[1]
     counts = frame[column].replace("", "(none)").value_counts().to_dict()
-    out.print(f"Wrote {len(frame)} rows to {out_file}: {counts}")
+    per_family = frame["family"].value_counts().to_dict()
+    out.print(f"Wrote {len(frame)} rows to {out_file}: {counts}; families {per_family}")
 
 
 @data_app.command("split")
@@ -283,16 +308,24 @@ def eval_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
     dtype: DtypeOption = "auto",
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            help="Column whose values group rows for per-group metrics (default: family, if present)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
     from guardtune.api import Classifier, evaluate
-    from guardtune.eval import metrics_rich_table
+    from guardtune.eval import groups_rich_table, metrics_rich_table
 
     reading = _long_text(long_text)
     classifier = Classifier.load(model, dtype=dtype)
     classifier.long_text = reading
-    metrics = evaluate(classifier, data, out_dir)
+    metrics = evaluate(classifier, data, out_dir, group_by=group_by)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
+    if "groups" in metrics:
+        out.print(groups_rich_table(metrics["groups"]))
     out.print(f"Report: {out_dir / 'report.md'}")
 
 

@@ -115,6 +115,27 @@ class TaskSpec:
                 mask[row, category_columns] = 0.0
         return mask
 
+    @property
+    def negative_outcome(self) -> str | None:
+        """The "nothing to flag" label of a single-label task (``None`` for multi-label tasks).
+
+        ``negative_label`` when it is one of the labels (``safe``), else the policy's fallback,
+        else the first label (``none`` for pii-intent).
+        """
+        if self.mode == "multi":
+            return None
+        if self.negative_label in self.labels:
+            return self.negative_label
+        return self.policy.fallback or self.label_names[0]
+
+    def is_flagged(self, decided: Any) -> bool:
+        """Whether one decided row (a label, or a label list for multi-label) flags its text."""
+        if self.mode == "single":
+            return bool(decided != self.negative_outcome)
+        if self.overall is not None:
+            return self.overall in decided
+        return len(decided) > 0
+
     def flag_scores(self, scores: np.ndarray) -> np.ndarray:
         """One "how flagged" number per row: the overall label's score, else the score of not
         being the negative label, else the highest label score."""

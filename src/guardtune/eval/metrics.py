@@ -71,7 +71,7 @@ def single_label_metrics(
     if set(labels) == {SAFE, UNSAFE} and len(labels) == 2:
         tn, fp, _fn, _tp = confusion_matrix(y_true, y_pred, labels=[SAFE, UNSAFE]).ravel()
         result["fpr"] = fp / (fp + tn) if fp + tn else None
-    return _jsonable(result)
+    return jsonable(result)
 
 
 def multi_label_metrics(
@@ -115,7 +115,7 @@ def multi_label_metrics(
     averaged_cols = [labels.index(label) for label in averaged]
 
     if known is not None and not np.asarray(known).all():
-        return _jsonable(_masked_multi_label(labels, true_ind, pred_ind, score_matrix, np.asarray(known) > 0))
+        return jsonable(_masked_multi_label(labels, true_ind, pred_ind, score_matrix, np.asarray(known) > 0))
     true_counts = true_ind.sum(axis=1)
     exact = accuracy_score(true_ind, pred_ind)
     safe_rows = true_counts == 0
@@ -136,7 +136,7 @@ def multi_label_metrics(
             "matrix": multilabel_confusion_matrix(true_ind, pred_ind),
         },
     }
-    return _jsonable(result)
+    return jsonable(result)
 
 
 def _masked_multi_label(
@@ -267,14 +267,14 @@ def _per_class(
     return per_class
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain Python containers and numbers, with NaN as ``None``."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, bool | np.bool_):
         return bool(value)
     if isinstance(value, int | np.integer):

@@ -150,6 +150,38 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def plot_groups(groups: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Accuracy and false-positive rate per group (``metrics["groups"]``) as horizontal bars.
+
+    Groups are sorted weakest first, so the family a guard fails on is at the top.
+    """
+    per_group = groups.get("metrics") or {}
+    if not per_group:
+        raise GuardtuneError("plot_groups: expected at least one group in groups['metrics']")
+    names = sorted(per_group, key=lambda g: per_group[g]["accuracy"])
+    accuracy = [per_group[g]["accuracy"] for g in names]
+    fpr = [per_group[g]["fpr"] if per_group[g]["fpr"] is not None else math.nan for g in names]
+    height = max(2.5, 0.45 * len(names) + 1.5)
+    fig = Figure(figsize=(8, height), dpi=DPI)
+    ax = fig.add_subplot()
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, accuracy, height=0.4, label="accuracy")
+    ax.barh(y + 0.2, fpr, height=0.4, label="false-positive rate")
+    for i, (acc, rate) in enumerate(zip(accuracy, fpr, strict=True)):
+        ax.text(min(acc, 0.98), i - 0.2, f"{acc:.2f}", va="center", ha="right", fontsize=8, color="white")
+        if not math.isnan(rate):
+            ax.text(rate + 0.01, i + 0.2, f"{rate:.2f}", va="center", fontsize=8)
+    labels = [f"{g} (n={per_group[g]['n']})" for g in names]
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"By {groups.get('column', 'group')}")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _multi_label_grid(labels: list[str], matrices: np.ndarray, title: str) -> Figure:
     columns = min(_GRID_COLUMNS, len(labels))
     rows = math.ceil(len(labels) / columns)

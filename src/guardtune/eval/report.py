@@ -53,7 +53,48 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         parts.append("")
         rows = [[label, *(str(v) for v in row)] for label, row in zip(labels, matrix, strict=True)]
         parts += _md_table(["true \\ predicted", *labels], rows)
+    if metrics.get("groups"):
+        parts += ["", *_groups_markdown(metrics["groups"])]
     return "\n".join(parts) + "\n"
+
+
+def groups_rich_table(groups: dict[str, Any]) -> Table:
+    """Per-group metrics (``metrics["groups"]``), weakest group first."""
+    header, rows = _group_rows(groups)
+    table = Table(*header, title=f"By {groups['column']} (weakest: {groups['weakest']})")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _group_rows(groups: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    per_group = groups["metrics"]
+    f1_key = "macro_f1" if any("macro_f1" in m for m in per_group.values()) else "micro_f1"
+    rows = [
+        [
+            name,
+            str(m["n"]),
+            _fmt(m["accuracy"]),
+            _fmt(m.get(f1_key)),
+            ", ".join(f"{label} {_fmt(r)}" for label, r in m["recall"].items()) or _MISSING,
+            f"{_fmt(m['fpr'])} of {m['n_negative']}" if m["fpr"] is not None else _MISSING,
+        ]
+        for name, m in sorted(per_group.items(), key=lambda item: item[1]["accuracy"])
+    ]
+    header = ["group", "rows", "accuracy", f1_key.replace("_", " "), "recall", "false-positive rate"]
+    return header, rows
+
+
+def _groups_markdown(groups: dict[str, Any]) -> list[str]:
+    header, rows = _group_rows(groups)
+    return [
+        f"## By {groups['column']}",
+        "",
+        f"Weakest first. False-positive rate: rows with nothing to flag that were flagged. "
+        f"Weakest: **{groups['weakest']}**.",
+        "",
+        *_md_table(header, rows),
+    ]
 
 
 def metrics_rich_table(metrics: dict[str, Any], title: str = "") -> Table:

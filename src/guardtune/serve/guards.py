@@ -35,12 +35,7 @@ class Guard:
         The task's ``negative_label`` when it is one of the labels (``safe``), else the policy's
         fallback, else the first label (``none`` for pii-intent).
         """
-        task = self.classifier.task
-        if task.mode == "multi":
-            return None
-        if task.negative_label in task.labels:
-            return task.negative_label
-        return task.policy.fallback or task.label_names[0]
+        return self.classifier.task.negative_outcome
 
     @property
     def categories(self) -> list[str]:
