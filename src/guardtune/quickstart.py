@@ -1,7 +1,8 @@
 """``guardtune quickstart``: the main job end to end on the embedded base model.
 
 Synthetic PII chat data -> a LoRA ``head`` classifier for none / asking / giving -> evaluation on a
-held-out split and on a check set written from templates the training generator never uses.
+held-out split and on a check set written from templates the training generator never uses, per
+template family (greetings, PII words without PII, obfuscated giving, ...).
 """
 
 from __future__ import annotations
@@ -18,24 +19,33 @@ from guardtune.backbone import load_backbone
 from guardtune.data.splits import stratified_split
 from guardtune.data.synth import generate
 from guardtune.data.writers import write_table
-from guardtune.eval import metrics_rich_table
+from guardtune.errors import GuardtuneError
+from guardtune.eval import groups_rich_table, metrics_rich_table
 from guardtune.eval.model_card import model_card_text
 from guardtune.train import TrainSettings
 
-TASK = "pii-intent"
+TASKS = ("pii-intent", "pii-categories")
 N_GENERATED = 2400
 N_CHECK = 600
-EXAMPLES = ["whats ur snap?", "my email is bob@example.com", "this game is so fun"]
+EXAMPLES = {
+    "pii-intent": ["whats ur snap?", "my email is bob@example.com", "this game is so fun", "hiii"],
+    "pii-categories": [
+        "call me on 555-201-7734",
+        "Ticket 4411: please ship the charger to 12 Elm Road, Leeds LS6 2AB",
+        "my email is jane.miller@gmail.com and my IBAN is DE89 3704 0044 0532 0130 00",
+    ],
+}
 
 
-def _write_data(data_dir: Path, seed: int) -> dict[str, Path]:
-    frame = generate(TASK, N_GENERATED, seed=seed)
-    train_idx, val_idx, test_idx = stratified_split(frame["label"].tolist(), (0.8, 0.1, 0.1), seed)
+def _write_data(task: str, data_dir: Path, seed: int) -> dict[str, Path]:
+    frame = generate(task, N_GENERATED, seed=seed)
+    label_column = frame.columns[1]
+    train_idx, val_idx, test_idx = stratified_split(frame[label_column].tolist(), (0.8, 0.1, 0.1), seed)
     paths = {}
     for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
         paths[name] = write_table(frame.iloc[idx].reset_index(drop=True), data_dir / f"{name}.csv")
     # The check set comes from a disjoint template pool: a test of phrasings never trained on.
-    check = generate(TASK, N_CHECK, seed=seed + 1, split="check")
+    check = generate(task, N_CHECK, seed=seed + 1, split="check")
     paths["check"] = write_table(check, data_dir / "check.csv")
     return paths
 
@@ -46,8 +56,15 @@ def run_quickstart(
     seed: int = 0,
     base: str = "gemma-3-270m",
     console: Console | None = None,
+    task: str = "pii-intent",
 ) -> dict[str, dict]:
-    """Run the quickstart into ``out_dir``; returns the test and check metrics."""
+    """Run the quickstart into ``out_dir``; returns the test and check metrics.
+
+    Raises:
+        GuardtuneError: ``task`` is not one of :data:`TASKS`.
+    """
+    if task not in TASKS:
+        raise GuardtuneError(f"--task: expected one of {', '.join(TASKS)}, found {task!r}")
     console = console or Console()
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -57,8 +74,8 @@ def run_quickstart(
     n_params = sum(p.numel() for p in backbone.model.parameters())
     console.print(f"    dtype {backbone.dtype}, {n_params / 1e6:.0f}M parameters")
 
-    console.print(f"2/5 Generating synthetic {TASK} chat data")
-    paths = _write_data(out_dir / "data", seed)
+    console.print(f"2/5 Generating synthetic {task} chat data")
+    paths = _write_data(task, out_dir / "data", seed)
     console.print(
         f"    {N_GENERATED} rows split 80/10/10 into train/val/test, plus {N_CHECK} check rows "
         f"from held-out templates, in {out_dir / 'data'}"
@@ -67,7 +84,7 @@ def run_quickstart(
     console.print(f"3/5 Training a LoRA classifier ({max_steps} steps)")
     settings = TrainSettings(max_steps=max_steps, batch_size=16, seed=seed)
     report = train(
-        TASK,
+        task,
         paths["train"],
         out_dir / "model",
         val_path=paths["val"],
@@ -85,9 +102,11 @@ def run_quickstart(
         ("check", "check set (unseen templates)"),
     ):
         results[split] = evaluate(
-            classifier, paths[split], out_dir / "reports" / split, title=f"{TASK}: {title}"
+            classifier, paths[split], out_dir / "reports" / split, title=f"{task}: {title}"
         )
         console.print(metrics_rich_table(results[split], title=title))
+    # The check set's families show where the guard keys on words instead of intent.
+    console.print(groups_rich_table(results["check"]["groups"]))
     card = model_card_text(
         classifier.manifest,
         {
@@ -101,19 +120,25 @@ def run_quickstart(
 
     console.print("5/5 Predictions")
     table = Table("message", "label", *classifier.labels)
-    predictions = classifier.predict(EXAMPLES)
+    examples = EXAMPLES[task]
+    predictions = classifier.predict(examples)
     assert isinstance(predictions, list)
-    for text, prediction in zip(EXAMPLES, predictions, strict=True):
-        table.add_row(
-            text, str(prediction.label), *(f"{prediction.scores[n]:.3f}" for n in classifier.labels)
+    for text, prediction in zip(examples, predictions, strict=True):
+        label = (
+            prediction.label if isinstance(prediction.label, str) else ",".join(prediction.label) or "(safe)"
         )
+        table.add_row(text, label, *(f"{prediction.scores[n]:.3f}" for n in classifier.labels))
     console.print(table)
 
     elapsed = time.perf_counter() - started
     model_dir = out_dir / "model"
+    weakest = results["check"]["groups"]["weakest"]
+    weakest_accuracy = results["check"]["groups"]["metrics"][weakest]["accuracy"]
     console.print(
         f"Done in {elapsed / 60:.1f} min; trained at {report.fit.examples_per_second:.1f} examples/s. "
-        f"check-set macro-F1 {results['check']['macro_f1']:.3f}."
+        f"check set: macro-F1 {results['check']['macro_f1']:.3f}, micro-F1 "
+        f"{results['check']['micro_f1']:.3f}; weakest family [bold]{weakest}[/bold] "
+        f"(accuracy {weakest_accuracy:.3f})."
     )
     console.print(
         "\n[bold]Use the model[/bold]\n"
