@@ -1,0 +1,45 @@
+"""examples/pii: the template cross-validation split and the chat check's message set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import load_script
+
+from guardtune.data.synth import list_families, template_frame, template_pools
+from guardtune.errors import GuardtuneError
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pii"
+
+
+@pytest.mark.parametrize("task", ["pii-intent", "pii-categories"])
+def test_template_cv_validates_on_train_templates_only(tmp_path: Path, task: str) -> None:
+    cv = load_script(EXAMPLES / "template_cv.py")
+    root = cv.split_templates(task, tmp_path, dev_share=0.25, seed=3)
+    train, dev = template_pools(task, "train", templates=root), template_pools(task, "check", templates=root)
+    built_in_train = {t for pool in template_pools(task, "train").values() for t in pool}
+    built_in_check = {t for pool in template_pools(task, "check").values() for t in pool}
+    dev_all = {t for pool in dev.values() for t in pool}
+    train_all = {t for pool in train.values() for t in pool}
+    # Validation comes out of the training templates; the real check templates are never read.
+    assert dev_all <= built_in_train and not dev_all & built_in_check and not train_all & built_in_check
+    assert not {template_frame(t) for t in dev_all} & {template_frame(t) for t in train_all}
+    assert [f.name for f in list_families(task, root)] == [f.name for f in list_families(task)]
+
+
+def test_template_cv_setting_parser() -> None:
+    cv = load_script(EXAMPLES / "template_cv.py")
+    assert cv.parse_setting("long:max_steps=240,calibrate=1") == ("long", {"max_steps": 240, "calibrate": 1})
+    assert cv.settings_for({"lora_r": 8, "calibrate": 1}, seed=2).lora.alpha == 16
+    with pytest.raises(GuardtuneError, match="unknown key 'steps'"):
+        cv.parse_setting("x:steps=3")
+
+
+def test_chat_check_messages() -> None:
+    chat = load_script(EXAMPLES / "chat_check.py")
+    rows = chat.check_rows(20, seed=1)
+    assert (rows["label"] == "asking").sum() == 20 and (rows["label"] == "giving").sum() == 20
+    requests = rows[rows["expected"] == "answer"]
+    assert len(requests) == 20 and set(requests["family"]) == {"assistant-requests"}
+    assert set(rows.loc[rows["expected"] == "refuse", "label"]) == {"asking", "giving"}
