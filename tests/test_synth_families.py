@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from conftest import run_cli
 
-from guardtune.data.synth import generate, list_families
+from guardtune.data.synth import generate, list_families, min_rows
 from guardtune.errors import GuardtuneError
 
 BUILT_IN = Path(str(resources.files("guardtune.data.synth").joinpath("templates")))
@@ -142,10 +142,10 @@ def test_category_clause_with_the_wrong_category_is_refused(tmp_path: Path) -> N
     [
         (
             {"families": ["nope"]},
-            r"family: unknown pii-intent family 'nope' \(known: assistant-requests, core",
+            r"family: unknown pii-intent family 'nope' \(known: assistant-replies, assistant-requests, core",
         ),
         ({"families": []}, r"family: unknown pii-intent family \(none given\)"),
-        ({"n": 2, "families": None}, r"n: expected a whole number of rows >= 7"),
+        ({"n": 2, "families": None}, rf"n: expected a whole number of rows >= {min_rows('pii-intent')}"),
     ],
 )
 def test_bad_generate_arguments(kwargs: dict, match: str) -> None:
@@ -176,7 +176,10 @@ def test_cli_lists_families_and_writes_the_family_column(
     [
         (["--task", "pii-intent", "--n", "10", "--family", "nope"], "unknown pii-intent family 'nope'"),
         (["--task", "moderation", "--list-families"], "no synthetic generator for this task"),
-        (["--task", "pii-intent", "--n", "3"], "n: expected a whole number of rows >= 7"),
+        (
+            ["--task", "pii-intent", "--n", "3"],
+            f"n: expected a whole number of rows >= {min_rows('pii-intent')}",
+        ),
         (["--task", "pii-intent"], "--n and --out are required"),
     ],
 )

@@ -76,6 +76,11 @@ def settings_for(overrides: dict[str, Any], seed: int) -> TrainSettings:
     return replace(settings, lora=lora) if lora else settings
 
 
+def _frames_shared_across_pools(pools: dict[str, list[str]]) -> bool:
+    frames = [{template_frame(t) for t in pool} for pool in pools.values()]
+    return any(a & b for i, a in enumerate(frames) for b in frames[i + 1 :])
+
+
 def split_templates(task: str, root: Path, dev_share: float, seed: int) -> Path:
     """Copy the built-in family files of ``task`` with ``dev_share`` of each train pool as ``check``."""
     source = Path(str(resources.files("guardtune.data.synth").joinpath("templates", task)))
@@ -85,7 +90,17 @@ def split_templates(task: str, root: Path, dev_share: float, seed: int) -> Path:
     rng = random.Random(seed)
     specs = {p.name: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(source.glob("*.yaml"))}
     for spec in specs.values():
-        shuffled = {cls: rng.sample(pool, len(pool)) for cls, pool in spec["train"].items()}
+        pools = spec["train"]
+        if _frames_shared_across_pools(pools):
+            # Minimal-pair families reuse one sentence for every value: hold out whole sentences.
+            frames = sorted({template_frame(t) for pool in pools.values() for t in pool})
+            dev_frames = set(rng.sample(frames, max(1, round(len(frames) * dev_share))))
+            spec["check"] = {c: [t for t in p if template_frame(t) in dev_frames] for c, p in pools.items()}
+            spec["train"] = {
+                c: [t for t in p if template_frame(t) not in dev_frames] for c, p in pools.items()
+            }
+            continue
+        shuffled = {cls: rng.sample(pool, len(pool)) for cls, pool in pools.items()}
         n_dev = {cls: max(1, round(len(pool) * dev_share)) for cls, pool in shuffled.items()}
         spec["check"] = {cls: pool[: n_dev[cls]] for cls, pool in shuffled.items()}
         spec["train"] = {cls: pool[n_dev[cls] :] or pool[:1] for cls, pool in shuffled.items()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import string
+import zlib
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -33,7 +34,8 @@ class Renderer:
         locale = family.locales[0] if len(family.locales) == 1 else self.rng.choice(family.locales)
         if locale not in self._fakes:
             fake = Faker(locale)
-            fake.seed_instance(self._seed)
+            # One stream per locale: the same seed everywhere would repeat values across locales.
+            fake.seed_instance(self._seed * 1_000_003 + zlib.crc32(locale.encode()))
             self._fakes[locale] = fake
         return RowContext(rng=self.rng, fake=self._fakes[locale], locale=locale)
 
