@@ -79,7 +79,7 @@ check:
         ("family: short\nrows: {none: 1\n", r"short\.yaml: line \d+: not valid YAML"),
         (
             MINIMAL_SHORT.replace("style: short", "style: shouting"),
-            r"short\.yaml: style: .*unknown style 'shouting'",
+            r"short\.yaml: style\.0: Input should be 'chat', 'short' or 'formal'",
         ),
         (MINIMAL_SHORT + "colour: blue\n", r"short\.yaml: colour: Extra inputs are not permitted"),
         (

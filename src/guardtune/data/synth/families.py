@@ -24,7 +24,7 @@ from faker.config import AVAILABLE_LOCALES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guardtune.data.synth.fillers import FIELD_CATEGORY, PERSONAL_FIELDS, fillers
-from guardtune.data.synth.style import REGISTERS
+from guardtune.data.synth.style import Register
 from guardtune.errors import GuardtuneError
 from guardtune.task import load_task
 
@@ -45,7 +45,7 @@ class _FamilyFile(BaseModel):
 
     family: str
     description: str = Field(min_length=1)
-    style: list[str] = Field(default_factory=lambda: ["chat"], min_length=1)
+    style: list[Register] = Field(default=["chat"], min_length=1)
     locales: list[str] = Field(default_factory=lambda: ["en_US"], min_length=1)
     unique: bool = True
     rows: dict[str, float] = Field(min_length=1)
@@ -58,14 +58,6 @@ class _FamilyFile(BaseModel):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
-
-    @field_validator("style")
-    @classmethod
-    def _known_style(cls, value: list[str]) -> list[str]:
-        for register in value:
-            if register not in REGISTERS:
-                raise ValueError(f"unknown style {register!r} (expected one of: {', '.join(REGISTERS)})")
-        return value
 
     @field_validator("locales")
     @classmethod
@@ -123,10 +115,10 @@ def synth_tasks(root: Path | None = None) -> tuple[str, ...]:
     folder = root if root is not None else _templates_root()
     if root is not None and not root.is_dir():
         raise GuardtuneError(f"{root}: expected a folder of <task>/<family>.yaml template files")
-    return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and load_task_or_none(p.name)))
+    return tuple(sorted(p.name for p in folder.iterdir() if p.is_dir() and _is_task(p.name)))
 
 
-def load_task_or_none(name: str) -> bool:
+def _is_task(name: str) -> bool:
     # A template folder is only a task's when a built-in task of that name exists.
     try:
         load_task(name)

@@ -255,31 +255,26 @@ def ssn(ctx: RowContext) -> str:
     return str(ctx.fake.ssn())
 
 
-def date_of_birth(ctx: RowContext) -> str:
+def _date(ctx: RowContext, years: tuple[int, int], formats: tuple[str, ...]) -> str:
     # Built from rng rather than Faker's date helpers, which depend on today's date.
     rng = ctx.rng
-    month, day, year = rng.randint(1, 12), rng.randint(1, 28), rng.randint(1940, 2012)
-    style = rng.randrange(4)
-    if style == 0:
-        return f"{month:02d}/{day:02d}/{year}"
-    if style == 1:
-        return f"{day:02d}.{month:02d}.{year}"
-    if style == 2:
-        return f"{day} {_MONTHS[month - 1].title()} {year}"
-    return f"{year}-{month:02d}-{day:02d}"
+    month, day, year = rng.randint(1, 12), rng.randint(1, 28), rng.randint(*years)
+    name = _MONTHS[month - 1]
+    return rng.choice(formats).format(m=month, d=day, y=year, month=name, Month=name.title())
+
+
+def date_of_birth(ctx: RowContext) -> str:
+    """A date of birth as forms write it: ``03/05/1970``, ``05.03.1970``, ``5 March 1970``."""
+    return _date(
+        ctx,
+        (1940, 2012),
+        ("{m:02d}/{d:02d}/{y}", "{d:02d}.{m:02d}.{y}", "{d} {Month} {y}", "{y}-{m:02d}-{d:02d}"),
+    )
 
 
 def bday(ctx: RowContext) -> str:
-    rng = ctx.rng
-    month, day, year = rng.randint(1, 12), rng.randint(1, 28), rng.randint(1988, 2015)
-    style = rng.randrange(4)
-    if style == 0:
-        return f"{_MONTHS[month - 1]} {day}"
-    if style == 1:
-        return f"{month}/{day}/{year}"
-    if style == 2:
-        return f"{day} {_MONTHS[month - 1]} {year}"
-    return f"{year}-{month:02d}-{day:02d}"
+    """A birthday as a teenager types it: ``march 5``, ``3/5/2009``, ``5 march 2009``."""
+    return _date(ctx, (1988, 2015), ("{month} {d}", "{m}/{d}/{y}", "{d} {month} {y}", "{y}-{m:02d}-{d:02d}"))
 
 
 def company(ctx: RowContext) -> str:
