@@ -41,7 +41,9 @@ def quickstart(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the data, model and reports go.")] = Path(
         "guardtune-quickstart"
     ),
-    max_steps: Annotated[int, typer.Option(help="Training steps (batch 16).")] = 120,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Training steps of 16 rows (default 120; 240 for pii-categories).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
     base: Annotated[str, typer.Option(help="Base model.")] = DEFAULT_BASE,
     task: Annotated[str, typer.Option(help="pii-intent (the default) or pii-categories.")] = "pii-intent",

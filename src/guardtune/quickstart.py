@@ -25,6 +25,10 @@ from guardtune.eval.model_card import model_card_text
 from guardtune.train import TrainSettings
 
 TASKS = ("pii-intent", "pii-categories")
+# Optimizer steps of 16 rows. pii-categories reads longer, multi-line text and five labels: on
+# held-out training templates (examples/pii/template_cv.py) 240 steps reached micro-F1 0.945
+# where 120 reached 0.874; for pii-intent 120 steps did as well as 150.
+DEFAULT_STEPS = {"pii-intent": 120, "pii-categories": 240}
 N_GENERATED = 2400
 N_CHECK = 600
 EXAMPLES = {
@@ -52,7 +56,7 @@ def _write_data(task: str, data_dir: Path, seed: int) -> dict[str, Path]:
 
 def run_quickstart(
     out_dir: Path,
-    max_steps: int = 120,
+    max_steps: int | None = None,
     seed: int = 0,
     base: str = "gemma-3-270m",
     console: Console | None = None,
@@ -66,6 +70,7 @@ def run_quickstart(
     if task not in TASKS:
         raise GuardtuneError(f"--task: expected one of {', '.join(TASKS)}, found {task!r}")
     console = console or Console()
+    max_steps = max_steps or DEFAULT_STEPS[task]
     started = time.perf_counter()
     out_dir = Path(out_dir)
     console.rule("[bold]guardtune quickstart")
