@@ -81,9 +81,12 @@ def _frames_shared_across_pools(pools: dict[str, list[str]]) -> bool:
     return any(a & b for i, a in enumerate(frames) for b in frames[i + 1 :])
 
 
-def split_templates(task: str, root: Path, dev_share: float, seed: int) -> Path:
+def split_templates(
+    task: str, root: Path, dev_share: float, seed: int, source_root: Path | None = None
+) -> Path:
     """Copy the built-in family files of ``task`` with ``dev_share`` of each train pool as ``check``."""
-    source = Path(str(resources.files("guardtune.data.synth").joinpath("templates", task)))
+    built_in = Path(str(resources.files("guardtune.data.synth").joinpath("templates")))
+    source = (source_root or built_in) / task
     target = root / "templates" / task
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
@@ -127,10 +130,17 @@ def split_templates(task: str, root: Path, dev_share: float, seed: int) -> Path:
 
 
 def run(
-    task: str, name: str, overrides: dict[str, Any], seed: int, out: Path, backbone: Any
+    task: str,
+    name: str,
+    overrides: dict[str, Any],
+    seed: int,
+    out: Path,
+    backbone: Any,
+    source: Path | None = None,
 ) -> dict[str, Any]:
-    templates = split_templates(task, out / f"seed{seed}", dev_share=0.25, seed=seed)
-    data = out / f"seed{seed}" / "data"
+    work = out / name / f"seed{seed}"
+    templates = split_templates(task, work, dev_share=0.25, seed=seed, source_root=source)
+    data = work / "data"
     frame = generate(task, N_ROWS, seed=seed, templates=templates)
     label_column = frame.columns[1]
     train_idx, val_idx, _ = stratified_split(frame[label_column].tolist(), (0.8, 0.1, 0.1), seed)
@@ -188,6 +198,9 @@ def main() -> None:
     parser.add_argument("--setting", action="append", default=[], help="NAME:key=value,... (repeatable)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--base", default="gemma-3-270m")
+    parser.add_argument(
+        "--templates", type=Path, help="a folder of <task>/<family>.yaml to split instead of the built-in one"
+    )
     args = parser.parse_args()
     settings = [parse_setting(spec) for spec in args.setting or ["baseline:"]]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -198,7 +211,7 @@ def main() -> None:
     with (args.out / "results.jsonl").open("a", encoding="utf-8") as log:
         for name, overrides in settings:
             for seed in seeds:
-                result = run(args.task, name, overrides, seed, args.out, backbone)
+                result = run(args.task, name, overrides, seed, args.out, backbone, args.templates)
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)

@@ -29,7 +29,6 @@ import pandas as pd
 
 from guardtune.data.synth.compose import Renderer, cycle, dedup_key, quotas, unique
 from guardtune.data.synth.families import (
-    MULTI_GROUPS,
     SPLITS,
     Family,
     load_families,
@@ -211,8 +210,6 @@ def _multi_label_rows(
     seen: set[str] = set()
     rows = []
     for family, group in plan:
-        if group not in MULTI_GROUPS:
-            raise GuardtuneError(f"{family.source}: rows.{group}: unknown group")
         single = next(singles[family.name]) if group == "one" else ""
         text, labels = unique(
             lambda: renderer.composed(family, split, group, single, codes),  # noqa: B023
