@@ -294,8 +294,9 @@ def evaluate(
     metrics, decided, scores = scored.metrics, scored.decided, scored.scores
     images = ["confusion_matrix.png", "precision_recall.png", "reliability.png"]
     if group_column is not None:
+        groups = rows.frame[group_column].tolist()
         metrics["groups"] = group_metrics(
-            classifier.task, rows.frame[group_column].tolist(), rows.labels or [], decided, group_column
+            classifier.task, groups, rows.labels or [], decided, scores, group_column
         )
         images.append("groups.png")
     out = Path(out)

@@ -1,9 +1,11 @@
 """Metrics per group of rows (a ``family`` or ``source`` column): where a guard fails, not just how often.
 
 A guard can score well overall and still fail a whole kind of text (greetings, warnings that mention
-passwords, business e-mail). Per group this gives accuracy (exact match for multi-label tasks), F1
-(macro over the labels in the group for single-label tasks, micro for multi-label), each gold label's
-recall, and the false-positive rate: the share of rows that flag nothing in truth but are flagged.
+passwords, business e-mail). Each group is scored by the same functions as the whole file
+(:func:`single_label_metrics`, :func:`multi_label_metrics`, unknown categories masked alike); a group
+keeps accuracy (exact match for multi-label tasks), F1 (macro for single-label tasks, micro for
+multi-label), each gold label's recall, and the false-positive rate: the share of rows that flag
+nothing in truth but are flagged.
 """
 
 from __future__ import annotations
@@ -12,44 +14,60 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score, recall_score
-from sklearn.preprocessing import MultiLabelBinarizer
 
 from guardtune.errors import GuardtuneError
-from guardtune.eval.metrics import jsonable
+from guardtune.eval.metrics import jsonable, multi_label_metrics, single_label_metrics
 from guardtune.task import TaskSpec
 
 
 def group_metrics(
-    task: TaskSpec, groups: Sequence[Any], y_true: Sequence[Any], y_pred: Sequence[Any], column: str
+    task: TaskSpec,
+    groups: Sequence[Any],
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    scores: np.ndarray,
+    column: str,
 ) -> dict[str, Any]:
     """Metrics per distinct value of ``groups``, groups in order of first appearance.
 
     Args:
-        task: the task the labels belong to (its mode and its "nothing flagged" outcome).
+        task: the task the labels belong to (its mode, unknown categories, "nothing flagged" outcome).
         groups: the group of each row (a missing value becomes the group ``(none)``).
         y_true: gold label (single) or label list (multi) per row.
         y_pred: decided label or label list per row.
+        scores: ``(rows, labels)`` probabilities, as for the whole-file metrics.
         column: the name of the column the groups came from, recorded in the result.
 
     Returns:
         ``{"column": column, "metrics": {group: {n, accuracy, macro_f1 | micro_f1, recall,
-        n_negative, fpr}}, "weakest": group}``; ``weakest`` has the lowest accuracy.
+        n_negative, fpr}}, "weakest": group}``; ``weakest`` has the lowest accuracy. F1 is ``None``
+        for a multi-label group with nothing to find and nothing found.
 
     Raises:
-        GuardtuneError: the three sequences differ in length.
+        GuardtuneError: the sequences differ in length.
+
+    Example:
+        >>> group_metrics(task, ["chat", "mail"], ["none", "giving"], ["none", "none"], scores, "family")
+        ... # doctest: +SKIP
     """
-    if not len(groups) == len(y_true) == len(y_pred):
+    if not len(groups) == len(y_true) == len(y_pred) == len(scores):
         raise GuardtuneError(
-            f"group metrics: expected one group, gold and predicted value per row; found "
-            f"{len(groups)}, {len(y_true)} and {len(y_pred)}"
+            f"group metrics: expected one group, gold value, prediction and score row per row; found "
+            f"{len(groups)}, {len(y_true)}, {len(y_pred)} and {len(scores)}"
         )
     names = [_group_name(g) for g in groups]
+    known = task.known_mask(list(y_true)) if task.mode == "multi" else None
     per_group: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(names):
-        rows = [i for i, g in enumerate(names) if g == name]
-        per_group[name] = _one_group(task, [y_true[i] for i in rows], [y_pred[i] for i in rows])
-    weakest = min(per_group, key=lambda g: per_group[g]["accuracy"]) if per_group else None
+        rows = np.array([i for i, g in enumerate(names) if g == name])
+        per_group[name] = _one_group(
+            task,
+            [y_true[i] for i in rows],
+            [y_pred[i] for i in rows],
+            np.asarray(scores)[rows],
+            known[rows] if known is not None else None,
+        )
+    weakest = min(per_group, key=lambda g: per_group[g]["accuracy"] or 0.0) if per_group else None
     return jsonable({"column": column, "metrics": per_group, "weakest": weakest})
 
 
@@ -59,35 +77,22 @@ def _group_name(value: Any) -> str:
     return str(value)
 
 
-def _one_group(task: TaskSpec, truth: list[Any], predicted: list[Any]) -> dict[str, Any]:
+def _one_group(
+    task: TaskSpec, truth: list[Any], predicted: list[Any], scores: np.ndarray, known: np.ndarray | None
+) -> dict[str, Any]:
     labels = task.label_names
     if task.mode == "single":
-        truth, predicted = [str(t) for t in truth], [str(p) for p in predicted]
-        present = [label for label in labels if label in truth]
-        result: dict[str, Any] = {
-            "n": len(truth),
-            "accuracy": float(np.mean([t == p for t, p in zip(truth, predicted, strict=True)])),
-            "macro_f1": f1_score(truth, predicted, labels=present, average="macro", zero_division=0),
-            "recall": dict(
-                zip(
-                    present,
-                    recall_score(truth, predicted, labels=present, average=None, zero_division=0),
-                    strict=True,
-                )
-            ),
-        }
+        full = single_label_metrics(labels, truth, predicted, scores)
+        result = {"n": full["n"], "accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
     else:
-        binarizer = MultiLabelBinarizer(classes=labels)
-        true_ind = binarizer.fit_transform([list(t) for t in truth])
-        pred_ind = binarizer.transform([list(p) for p in predicted])
-        columns = [j for j in range(len(labels)) if true_ind[:, j].any()]
+        full = multi_label_metrics(labels, truth, predicted, scores, known)
+        anything = any(truth) or any(predicted)
         result = {
-            "n": len(truth),
-            "accuracy": float((true_ind == pred_ind).all(axis=1).mean()),
-            # Nothing to find and nothing found is a perfect score, not an undefined one.
-            "micro_f1": f1_score(true_ind, pred_ind, average="micro", zero_division=1.0),
-            "recall": {labels[j]: float(pred_ind[true_ind[:, j] == 1, j].mean()) for j in columns},
+            "n": full["n"],
+            "accuracy": full["exact_match"],
+            "micro_f1": full["micro_f1"] if anything else None,
         }
+    result["recall"] = {label: m["recall"] for label, m in full["per_class"].items() if m["support"]}
     negative = [not task.is_flagged(t) for t in truth]
     flagged = [task.is_flagged(p) for p, neg in zip(predicted, negative, strict=True) if neg]
     result["n_negative"] = len(flagged)
