@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -20,6 +23,7 @@ from guardtune.data.synth import (
 )
 from guardtune.data.synth.families import load_families
 from guardtune.data.synth.fillers import FIELD_CATEGORY, PERSONAL_FIELDS, fillers
+from guardtune.data.synth.style import Piece, apply_style
 from guardtune.errors import GuardtuneError
 from guardtune.task import load_task
 
@@ -262,3 +266,35 @@ def test_bad_arguments_raise_one_line_error(task: str, n: int, split: str, match
 def test_template_pools_rejects_unknown_task() -> None:
     with pytest.raises(GuardtuneError, match="known"):
         template_pools("moderation", "train")
+
+
+def test_same_seed_gives_the_same_rows_in_any_process() -> None:
+    # Faker providers that build lists from sets would follow PYTHONHASHSEED; the rows must not.
+    code = (
+        "import hashlib, pandas as pd\n"
+        "from guardtune.data.synth import generate\n"
+        "frames = [generate(t, 300, seed=5, split=s) for t in ('pii-intent', 'pii-categories')"
+        " for s in ('train', 'check')]\n"
+        "print(hashlib.sha256(pd.concat(frames).to_csv().encode()).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for hash_seed in ("1", "2")
+    }
+    assert len(digests) == 1
+
+
+@pytest.mark.parametrize("register", ["chat", "short", "formal"])
+def test_style_never_changes_a_value(register: str) -> None:
+    values = ["5 . 5  5 - 0 1", "DE89 3704 0044 0532 0130 00", "Jo  O'Neil", "ab\ncd"]
+    for seed in range(200):
+        rng = random.Random(seed)
+        value = values[seed % len(values)]
+        pieces = [Piece("Hey,  my number is  "), Piece(value, value=True), Piece(" , OK ?")]
+        assert value in apply_style(pieces, register, rng)

@@ -38,7 +38,7 @@ def _templates(tmp_path: Path, task: str = "pii-intent", **files: str) -> Path:
 def test_list_families_names_every_file_with_shares_summing_to_one() -> None:
     for task in ("pii-intent", "pii-categories"):
         families = list_families(task)
-        names = sorted(p.stem for p in (BUILT_IN / task).glob("*.yaml"))
+        names = sorted(p.stem for p in (BUILT_IN / task).glob("*.yaml") if not p.stem.startswith("_"))
         assert sorted(f.name for f in families) == names
         assert sum(f.share for f in families) == pytest.approx(1.0)
         assert all(f.description and f.templates["train"] and f.templates["check"] for f in families)
@@ -102,7 +102,7 @@ check:
         (MINIMAL_SHORT.replace('check:\n  none: ["yup"]', "check: {}"), r"short\.yaml: check\.none: missing"),
         (
             MINIMAL_SHORT.replace('["yup"]', '["gg"]'),
-            r"check\.none: 'gg' has the phrasing of a train template",
+            r"check\.none\[0\]: 'gg' has the phrasing of .*train\.none",
         ),
     ],
 )
@@ -175,7 +175,7 @@ def test_cli_lists_families_and_writes_the_family_column(
     ("args", "match"),
     [
         (["--task", "pii-intent", "--n", "10", "--family", "nope"], "unknown pii-intent family 'nope'"),
-        (["--task", "moderation", "--list-families"], "no synthetic generator for this task"),
+        (["--task", "moderation", "--list-families"], "has no synthetic generator"),
         (
             ["--task", "pii-intent", "--n", "3"],
             f"n: expected a whole number of rows >= {min_rows('pii-intent')}",

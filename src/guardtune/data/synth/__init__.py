@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,11 @@ __all__ = [
     "SYNTH_TASKS",
     "FamilyShare",
     "Split",
+    "describe_families",
     "generate",
     "list_families",
     "min_rows",
+    "sample",
     "template_fields",
     "template_frame",
     "template_pools",
@@ -71,10 +74,18 @@ def list_families(task: str, templates: str | Path | None = None) -> list[Family
     """The families of ``task`` with their expected share of generated rows.
 
     Args:
+        task: ``pii-intent`` or ``pii-categories``.
         templates: a folder of ``<task>/<family>.yaml`` files to use instead of the built-in ones.
+
+    Returns:
+        One :class:`FamilyShare` per family file, in file-name order.
 
     Raises:
         GuardtuneError: unknown task, or a family file that fails its checks.
+
+    Example:
+        >>> [f.name for f in list_families("pii-intent")][:2]
+        ['assistant-replies', 'assistant-requests']
     """
     families = load_families(task, _root(templates))
     total = sum(sum(f.rows.values()) for f in families.values())
@@ -90,9 +101,34 @@ def list_families(task: str, templates: str | Path | None = None) -> list[Family
     ]
 
 
+def describe_families(task: str, templates: str | Path | None = None, width: int = 78) -> str:
+    """``guardtune data synth --list-families``: each family, its shares, template counts and purpose."""
+    families = list_families(task, templates)
+    lines = [f"{task}: {len(families)} template families (share of rows; templates train / check)"]
+    for info in families:
+        classes = ", ".join(f"{c} {s:.0%}" for c, s in info.class_shares.items())
+        pools = f"{info.templates['train']} / {info.templates['check']}"
+        lines += ["", f"{info.name}  {info.share:.0%}  ({classes}; templates {pools})"]
+        lines.append(textwrap.indent(textwrap.fill(info.description, width=width - 2), "  "))
+    return "\n".join(lines)
+
+
 def min_rows(task: str, templates: str | Path | None = None) -> int:
-    """The smallest ``n`` :func:`generate` takes for ``task``: one row per family."""
+    """The smallest ``n`` :func:`generate` takes for ``task``: one row per family.
+
+    Example:
+        >>> min_rows("pii-intent")
+        8
+    """
     return len(load_families(task, _root(templates)))
+
+
+def sample(task: str, n: int, seed: int, split: Split = "train") -> pd.DataFrame:
+    """``n`` rows of :func:`generate`, for any ``n``: below :func:`min_rows` some families give none.
+
+    For benchmarks and smoke tests that want a handful of messages, not a balanced data set.
+    """
+    return generate(task, max(n, min_rows(task)), seed, split=split).head(n).reset_index(drop=True)
 
 
 def template_pools(
@@ -100,11 +136,22 @@ def template_pools(
 ) -> dict[str, tuple[str, ...]]:
     """The raw template strings one split draws from, by class or pool, over every family (or one).
 
-    For ``pii-intent`` the keys are the labels; for ``pii-categories`` ``safe``, ``S1``..``S5``,
-    ``multi`` and ``frames`` (whichever the families have).
+    Args:
+        task: ``pii-intent`` or ``pii-categories``.
+        split: ``train`` or ``check``.
+        family: one family's pools only (default: every family's, joined).
+        templates: a folder of ``<task>/<family>.yaml`` files to use instead of the built-in ones.
+
+    Returns:
+        Pool name -> templates. For ``pii-intent`` the keys are the labels; for ``pii-categories``
+        ``safe``, ``S1``..``S5``, ``multi`` and ``frames`` (whichever the families have).
 
     Raises:
         GuardtuneError: unknown task, split or family.
+
+    Example:
+        >>> sorted(template_pools("pii-intent", "check"))
+        ['asking', 'giving', 'none']
     """
     _check_split(split)
     pools: dict[str, tuple[str, ...]] = {}

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import random
 import re
-import string
 import zlib
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from faker import Faker
 
-from guardtune.data.synth.families import Family, template_fields
+from guardtune.data.synth.families import Family, field_root, parse_template, template_fields
 from guardtune.data.synth.fillers import FIELD_CATEGORY, RowContext, fillers
 from guardtune.data.synth.style import Piece, apply_style
 
 T = TypeVar("T")
 # Enough to escape collisions on value-free templates without looping forever on tiny pools.
 _MAX_RETRIES = 30
-_FORMATTER = string.Formatter()
 
 
 class Renderer:
@@ -36,19 +34,34 @@ class Renderer:
             fake = Faker(locale)
             # One stream per locale: the same seed everywhere would repeat values across locales.
             fake.seed_instance(self._seed * 1_000_003 + zlib.crc32(locale.encode()))
+            for provider in fake.providers:
+                # Some providers build their city list from a set, whose order changes with
+                # PYTHONHASHSEED; sorted, the same seed gives the same rows in every process.
+                if isinstance(getattr(provider, "cities", None), list):
+                    provider.cities = sorted(provider.cities)
             self._fakes[locale] = fake
         return RowContext(rng=self.rng, fake=self._fakes[locale], locale=locale)
 
     def render(self, template: str, ctx: RowContext, body: list[Piece] | None = None) -> list[Piece]:
         """Pieces of ``template`` with every placeholder filled (``{body}`` by ``body``)."""
         pieces: list[Piece] = []
-        for literal, field, _spec, _conv in _FORMATTER.parse(template):
+        drawn: dict[str, set[str]] = {}
+        for literal, field, _spec, _conv in parse_template(template):
             if literal:
                 pieces.append(Piece(literal))
             if field == "body" and body is not None:
                 pieces.extend(body)
             elif field:
-                pieces.append(Piece(self._fill[field.rstrip("0123456789")](ctx), value=True))
+                root = field_root(field)
+                seen = drawn.setdefault(root, set())
+                value = self._fill[root](ctx)
+                # {step}, {step2} and {step3} are three different steps, not one step three times.
+                for _ in range(_MAX_RETRIES):
+                    if value not in seen:
+                        break
+                    value = self._fill[root](ctx)
+                seen.add(value)
+                pieces.append(Piece(value, value=True))
         return pieces
 
     def single(self, family: Family, split: str, label: str) -> str:
@@ -109,7 +122,7 @@ def unique(make: Callable[[], T], key: Callable[[T], str], seen: set[str], retry
     return item
 
 
-def quotas(n: int, shares: dict[str, float], at_least_one: bool = True) -> dict[str, int]:
+def quotas(n: int, shares: dict[str, float]) -> dict[str, int]:
     """Largest-remainder counts per key, every key with a share present once ``n`` allows it."""
     total = sum(shares.values())
     exact = {k: n * s / total for k, s in shares.items()}
@@ -119,7 +132,7 @@ def quotas(n: int, shares: dict[str, float], at_least_one: bool = True) -> dict[
             break
         counts[k] += 1
     wanted = [k for k, s in shares.items() if s > 0]
-    if at_least_one and n >= len(wanted):
+    if n >= len(wanted):
         for k in wanted:
             if counts[k] == 0:
                 donor = max(counts, key=lambda d: counts[d])

@@ -17,25 +17,32 @@ from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from faker.config import AVAILABLE_LOCALES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from guardtune.data.synth.fillers import FIELD_CATEGORY, PERSONAL_FIELDS, fillers
-from guardtune.data.synth.style import Register
+from guardtune.data.synth.style import Register, chat_filler_words
 from guardtune.errors import GuardtuneError
 from guardtune.task import load_task
 
 SPLITS: tuple[str, ...] = ("train", "check")
+_Schema = TypeVar("_Schema", bound=BaseModel)
 MULTI_GROUPS: tuple[str, ...] = ("safe", "one", "multi")
 _FORMATTER = string.Formatter()
 _PLACEHOLDER = re.compile(r"\{[a-z_0-9]+\}")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-# pii-intent: a template that gives must carry somebody's details; one labelled none must not.
-_NEEDS_PERSONAL = {("pii-intent", "giving")}
-_FORBIDS_PERSONAL = {("pii-intent", "none")}
+
+
+class _TaskRules(BaseModel):
+    """``<task>/_task.yaml``: rules every family file of the task is checked against."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    needs_personal: list[str] = Field(default_factory=list)  # classes whose templates give a value
+    forbids_personal: list[str] = Field(default_factory=list)  # classes whose templates may give none
 
 
 class _FamilyFile(BaseModel):
@@ -95,9 +102,19 @@ class Family:
     source: str
 
 
+def parse_template(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """``(literal, field, format spec, conversion)`` runs of ``template``, as ``str.format`` reads it."""
+    return list(_FORMATTER.parse(template))
+
+
+def field_root(field: str) -> str:
+    """The filler a placeholder names: ``char2`` is a second, independent ``char``."""
+    return field.rstrip("0123456789")
+
+
 def template_fields(template: str) -> list[str]:
     """Placeholder names in ``template`` with any numeric suffix removed (``char2`` -> ``char``)."""
-    return [field.rstrip("0123456789") for _, field, _, _ in _FORMATTER.parse(template) if field]
+    return [field_root(field) for _, field, _, _ in parse_template(template) if field]
 
 
 def template_frame(template: str) -> str:
@@ -131,9 +148,7 @@ def check_task(task: str, root: Path | None = None) -> None:
     known = synth_tasks(root)
     if task not in known:
         where = f" in {root}" if root is not None else ""
-        raise GuardtuneError(
-            f"{task!r}: no synthetic generator for this task{where} (known: {', '.join(known)})"
-        )
+        raise GuardtuneError(f"task: {task!r} has no synthetic generator{where} (known: {', '.join(known)})")
 
 
 @cache
@@ -151,10 +166,14 @@ def load_families(task: str, root: Path | None = None) -> dict[str, Family]:
     check_task(task, root)
     folder = (root if root is not None else _templates_root()).joinpath(task)
     prefix = str(root / task) if root is not None else f"guardtune/data/synth/templates/{task}"
-    files = sorted((p for p in folder.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name)
+    rules = _read_rules(folder.joinpath("_task.yaml"), f"{prefix}/_task.yaml")
+    files = sorted(
+        (p for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")) and not p.name.startswith("_")),
+        key=lambda p: p.name,
+    )
     families = {}
     for path in files:
-        family = _read_family(task, path, f"{prefix}/{path.name}")
+        family = _read_family(task, path, f"{prefix}/{path.name}", rules)
         families[family.name] = family
     if not families:
         raise GuardtuneError(f"{prefix}: no family files (*.yaml)")
@@ -162,23 +181,38 @@ def load_families(task: str, root: Path | None = None) -> dict[str, Family]:
     return families
 
 
-def _read_family(task: str, path: Traversable, where: str) -> Family:
+def _read_yaml(path: Traversable, where: str) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GuardtuneError(f"{where}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
         raise GuardtuneError(f"{where}: {line}not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
+def _validated(model: type[_Schema], raw: Any, where: str) -> _Schema:
     if not isinstance(raw, dict):
-        raise GuardtuneError(f"{where}: expected a mapping with family, description, rows, train, check")
+        raise GuardtuneError(f"{where}: expected a mapping of {', '.join(model.model_fields)}")
     try:
-        spec = _FamilyFile.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "(top level)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise GuardtuneError(f"{where}: {key}: {first['msg']}{more}") from None
-    stem = path.name.removesuffix(".yaml")
+
+
+def _read_rules(path: Traversable, where: str) -> _TaskRules:
+    if not path.is_file():
+        return _TaskRules()
+    return _validated(_TaskRules, _read_yaml(path, where) or {}, where)
+
+
+def _read_family(task: str, path: Traversable, where: str, rules: _TaskRules) -> Family:
+    spec = _validated(_FamilyFile, _read_yaml(path, where), where)
+    stem = path.name.removesuffix(".yaml").removesuffix(".yml")
     if spec.family != stem or not _NAME.match(spec.family):
         raise GuardtuneError(
             f"{where}: family: expected {stem!r} (the file's name; lower-case letters, digits and '-'), "
@@ -189,7 +223,7 @@ def _read_family(task: str, path: Traversable, where: str) -> Family:
     for split, by_class in pools.items():
         for cls, templates in by_class.items():
             for i, template in enumerate(templates):
-                _check_template(task, cls, template, f"{where}: {split}.{cls}[{i}]")
+                _check_template(task, cls, template, f"{where}: {split}.{cls}[{i}]", rules)
     return Family(
         task=task,
         name=spec.family,
@@ -243,28 +277,28 @@ def _needed_pools(mode: str, spec: _FamilyFile, categories: list[str]) -> list[s
     return needed
 
 
-def _check_template(task: str, cls: str, template: str, where: str) -> None:
+def _check_template(task: str, cls: str, template: str, where: str, rules: _TaskRules) -> None:
     try:
-        parsed = list(_FORMATTER.parse(template))
+        parsed = parse_template(template)
     except ValueError as exc:
         raise GuardtuneError(f"{where}: {template!r}: not a valid template ({exc})") from None
     known = fillers()
     for _, field, spec, conv in parsed:
         if field is None:
             continue
-        root = field.rstrip("0123456789")
+        root = field_root(field)
         if field == "body" and cls == "frames":
             continue
         if not root or spec or conv or root not in known:
             raise GuardtuneError(f"{where}: {template!r}: unknown placeholder {{{field}}}")
     fields = set(template_fields(template))
     personal = fields & PERSONAL_FIELDS
-    if (task, cls) in _NEEDS_PERSONAL and not personal:
+    if cls in rules.needs_personal and not personal:
         raise GuardtuneError(
             f"{where}: {template!r}: missing placeholder: a {cls!r} template needs a personal value "
             f"(one of: {', '.join(sorted(PERSONAL_FIELDS))})"
         )
-    if (task, cls) in _FORBIDS_PERSONAL and personal:
+    if cls in rules.forbids_personal and personal:
         raise GuardtuneError(
             f"{where}: {template!r}: a {cls!r} template cannot hold a personal value "
             f"({', '.join('{' + f + '}' for f in sorted(personal))})"
@@ -291,18 +325,32 @@ def _check_category_template(cls: str, template: str, fields: set[str], where: s
         )
 
 
+def phrasing_key(template: str) -> str:
+    """What makes two templates one phrasing: the words, with values, case, punctuation and the
+    chat register's filler words at either end ignored (``"Tel: {phone}"`` is ``"tel. {phone}"``)."""
+    words = re.findall(r"[a-z0-9]+|\{\}", template_frame(template))
+    # Words the chat register may add at either end of a message do not make a new phrasing.
+    filler = chat_filler_words()
+    while words and words[0] in filler:
+        words.pop(0)
+    while words and words[-1] in filler:
+        words.pop()
+    # A message of emoji or punctuation alone has no words; the symbols are its phrasing.
+    return " ".join(words) or template.strip()
+
+
 def _check_splits_disjoint(families: dict[str, Family]) -> None:
     # Check rows must test phrasings never trained on, across every family of the task.
     trained: dict[str, str] = {}
     for family in families.values():
-        for templates in family.pools["train"].values():
-            for template in templates:
-                trained.setdefault(template_frame(template), family.source)
+        for cls, templates in family.pools["train"].items():
+            for i, template in enumerate(templates):
+                trained.setdefault(phrasing_key(template), f"{family.source}: train.{cls}[{i}]")
     for family in families.values():
         for cls, templates in family.pools["check"].items():
-            for template in templates:
-                if template_frame(template) in trained:
+            for i, template in enumerate(templates):
+                if phrasing_key(template) in trained:
                     raise GuardtuneError(
-                        f"{family.source}: check.{cls}: {template!r} has the phrasing of a train template "
-                        f"in {trained[template_frame(template)]}"
+                        f"{family.source}: check.{cls}[{i}]: {template!r} has the phrasing of "
+                        f"{trained[phrasing_key(template)]}"
                     )

@@ -9,6 +9,7 @@ placeholders, so a template can never disagree with its label.
 from __future__ import annotations
 
 import random
+import re
 import string
 import unicodedata
 from collections.abc import Callable
@@ -50,35 +51,12 @@ PERSONAL_FIELDS: frozenset[str] = frozenset(
     {
         "name", "first", "email", "phone", "street", "address", "city", "state", "zip", "user",
         "age", "school", "bday", "ip", "card", "phone_words", "phone_spaced", "email_spoken",
-        "handle", "partial_address", "street_name",
+        "handle", "partial_address", "street_name", "email_named", "ssn", "dob", "iban",
+        "bank_account", "exp", "cvv",
     }
 )  # fmt: skip
 
-_USER_ADJ = (
-    "cool", "dark", "shadow", "silent", "crazy", "lil", "big", "toxic", "epic", "pro", "sneaky",
-    "frosty", "lucky", "savage", "sleepy", "mega", "tiny", "golden",
-)  # fmt: skip
-_USER_NOUN = (
-    "kid", "wolf", "gamer", "ninja", "sniper", "panda", "dragon", "fox", "queen", "king", "ghost",
-    "slayer", "boi", "girl", "tiger", "noob", "cat", "bean",
-)  # fmt: skip
-_STREET_WORDS = (
-    "oak", "maple", "pine", "elm", "cedar", "main", "park", "lake", "hill", "river", "church",
-    "mill", "willow", "sunset", "highland",
-)  # fmt: skip
-_STREET_SUFFIX = ("st", "ave", "rd", "dr", "ln", "blvd", "ct", "way", "street", "avenue", "road")
-_SCHOOL_KINDS = ("high school", "middle school", "high", "middle", "academy", "prep", "elementary")
-_MONTHS = (
-    "january", "february", "march", "april", "may", "june", "july", "august", "september",
-    "october", "november", "december",
-)  # fmt: skip
-_PHONE_FORMATS = (
-    "%##-%##-####", "(%##) %##-####", "%##.%##.####", "%#########", "+1 %## %## ####",
-    "+1-%##-%##-####", "555-01##", "%##-####", "+44 7### ######", "07### ######",
-    "+61 4## ### ###", "+49 15# #######",
-)  # fmt: skip
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_FREE_DOMAINS = ("gmail", "yahoo", "hotmail", "outlook", "icloud", "proton", "aol")
 
 
 def _ascii(text: str) -> str:
@@ -89,7 +67,7 @@ def _ascii(text: str) -> str:
 
 def username(ctx: RowContext) -> str:
     rng = ctx.rng
-    adj, noun, num = rng.choice(_USER_ADJ), rng.choice(_USER_NOUN), rng.randint(1, 999)
+    adj, noun, num = rng.choice(words("_user_adj")), rng.choice(words("_user_noun")), rng.randint(1, 999)
     style = rng.randrange(5)
     if style == 0:
         return f"{adj}_{noun}{num}"
@@ -127,7 +105,7 @@ def email_named(ctx: RowContext) -> str:
     fake, rng = ctx.fake, ctx.rng
     first, last = _ascii(fake.first_name()), _ascii(fake.last_name())
     local = rng.choice((f"{first}.{last}", f"{first[0]}{last}", f"{first}_{last}", f"{last}.{first}"))
-    domain = _ascii(fake.domain_name()) if rng.random() < 0.7 else f"{rng.choice(_FREE_DOMAINS)}.com"
+    domain = _ascii(fake.domain_name()) if rng.random() < 0.7 else f"{rng.choice(words('_free_domain'))}.com"
     return f"{local}@{domain}"
 
 
@@ -138,17 +116,24 @@ def email_spoken(ctx: RowContext) -> str:
     local = local.replace(".", rng.choice((" dot ", ".")))
     at = rng.choice((" at ", " (at) ", " [at] ", "@"))
     dot = rng.choice((" dot ", " (dot) ", "."))
-    return f"{local}{at}{rng.choice(_FREE_DOMAINS)}{dot}com"
+    return f"{local}{at}{rng.choice(words('_free_domain'))}{dot}com"
+
+
+# A dotted phone such as Faker's en_AU "+61.412.110.166" reads as an IPv4 address, and S2 is a
+# category of its own, so such a draw is replaced.
+_LOOKS_LIKE_IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
 
 def phone(ctx: RowContext) -> str:
     if ctx.locale != "en_US" or ctx.rng.random() < 0.4:
-        return str(ctx.fake.phone_number())
-    return str(ctx.fake.numerify(ctx.rng.choice(_PHONE_FORMATS)))
+        drawn = str(ctx.fake.phone_number())
+        if not _LOOKS_LIKE_IPV4.search(drawn):
+            return drawn
+    return str(ctx.fake.numerify(ctx.rng.choice(words("_phone_format"))))
 
 
 def _phone_digits(ctx: RowContext) -> str:
-    return "".join(c for c in ctx.fake.numerify(ctx.rng.choice(_PHONE_FORMATS[:6])) if c.isdigit())
+    return "".join(c for c in ctx.fake.numerify(ctx.rng.choice(words("_phone_format")[:6])) if c.isdigit())
 
 
 def phone_words(ctx: RowContext) -> str:
@@ -168,24 +153,24 @@ def street(ctx: RowContext) -> str:
     fake, rng = ctx.fake, ctx.rng
     if ctx.locale != "en_US" or rng.random() < 0.5:
         return " ".join(str(fake.street_address()).split())
-    word = rng.choice(_STREET_WORDS).title() if rng.random() < 0.5 else fake.last_name()
-    return f"{rng.randint(1, 9999)} {word} {rng.choice(_STREET_SUFFIX)}"
+    word = rng.choice(words("_street_word")).title() if rng.random() < 0.5 else fake.last_name()
+    return f"{rng.randint(1, 9999)} {word} {rng.choice(words('_street_suffix'))}"
 
 
 def street_name(ctx: RowContext) -> str:
-    return f"{ctx.rng.choice(_STREET_WORDS)} {ctx.rng.choice(_STREET_SUFFIX)}"
+    return f"{ctx.rng.choice(words('_street_word'))} {ctx.rng.choice(words('_street_suffix'))}"
 
 
 def place_address(ctx: RowContext) -> str:
     """A street address of a place in a game or a story: the shape of :func:`street`, nobody's home."""
     rng = ctx.rng
-    return f"{rng.randint(1, 999)} {rng.choice(_STREET_WORDS)} {rng.choice(_STREET_SUFFIX)}"
+    return f"{rng.randint(1, 999)} {rng.choice(words('_street_word'))} {rng.choice(words('_street_suffix'))}"
 
 
 def partial_address(ctx: RowContext) -> str:
     rng = ctx.rng
-    w1, w2 = rng.sample(_STREET_WORDS, 2)
-    suffix = rng.choice(_STREET_SUFFIX)
+    w1, w2 = rng.sample(words("_street_word"), 2)
+    suffix = rng.choice(words("_street_suffix"))
     return rng.choice(
         (
             f"the corner of {w1} and {w2}",
@@ -252,15 +237,30 @@ def bank_account(ctx: RowContext) -> str:
 
 
 def ssn(ctx: RowContext) -> str:
+    """A national ID or social security number in the row's locale's format."""
+    if ctx.locale in _DATED_IDS:
+        # Faker builds these from today's date; the same seed must give the same data on any day.
+        return _DATED_IDS[ctx.locale](ctx)
     return str(ctx.fake.ssn())
+
+
+def _personnummer(ctx: RowContext) -> str:
+    return _date(ctx, (1940, 2008), ("{y2:02d}{m:02d}{d:02d}",)) + f"-{ctx.rng.randint(0, 9999):04d}"
+
+
+def _pesel(ctx: RowContext) -> str:
+    return _date(ctx, (1940, 1999), ("{y2:02d}{m:02d}{d:02d}",)) + f"{ctx.rng.randint(0, 99999):05d}"
+
+
+_DATED_IDS: dict[str, Callable[[RowContext], str]] = {"sv_SE": _personnummer, "pl_PL": _pesel}
 
 
 def _date(ctx: RowContext, years: tuple[int, int], formats: tuple[str, ...]) -> str:
     # Built from rng rather than Faker's date helpers, which depend on today's date.
     rng = ctx.rng
     month, day, year = rng.randint(1, 12), rng.randint(1, 28), rng.randint(*years)
-    name = _MONTHS[month - 1]
-    return rng.choice(formats).format(m=month, d=day, y=year, month=name, Month=name.title())
+    name = words("_month")[month - 1]
+    return rng.choice(formats).format(m=month, d=day, y=year, y2=year % 100, month=name, Month=name.title())
 
 
 def date_of_birth(ctx: RowContext) -> str:
@@ -280,15 +280,14 @@ def bday(ctx: RowContext) -> str:
 def company(ctx: RowContext) -> str:
     if ctx.rng.random() < 0.5:
         return " ".join(str(ctx.fake.company()).split())
-    words = _word_lists()
     return (
-        f"{ctx.rng.choice(words['company_word']).title()} {ctx.rng.choice(words['company_suffix']).title()}"
+        f"{ctx.rng.choice(words('company_word')).title()} {ctx.rng.choice(words('company_suffix')).title()}"
     )
 
 
 def school(ctx: RowContext) -> str:
     base = ctx.fake.last_name() if ctx.rng.random() < 0.6 else str(ctx.fake.city())
-    return f"{base} {ctx.rng.choice(_SCHOOL_KINDS)}"
+    return f"{base} {ctx.rng.choice(words('_school_kind'))}"
 
 
 def version(ctx: RowContext) -> str:
@@ -386,7 +385,7 @@ def coords(ctx: RowContext) -> str:
 
 
 def date(ctx: RowContext) -> str:
-    month, day = _MONTHS[ctx.rng.randrange(12)], ctx.rng.randint(1, 28)
+    month, day = words("_month")[ctx.rng.randrange(12)], ctx.rng.randint(1, 28)
     return f"{month} {day}" if ctx.rng.random() < 0.6 else f"{day} {month}"
 
 
@@ -467,13 +466,18 @@ def _word_lists() -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, dict):
         raise GuardtuneError(f"{where}: expected a mapping of list name -> words")
     lists: dict[str, tuple[str, ...]] = {}
-    for key, words in raw.items():
-        if not isinstance(words, list) or not words or not all(isinstance(w, str) and w for w in words):
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values or not all(isinstance(w, str) and w for w in values):
             raise GuardtuneError(f"{where}: {key}: expected a non-empty list of words")
         if key in _BUILT:
             raise GuardtuneError(f"{where}: {key}: the name of a built-in filler; choose another name")
-        lists[str(key)] = tuple(words)
+        lists[str(key)] = tuple(values)
     return lists
+
+
+def words(name: str) -> tuple[str, ...]:
+    """The word list ``name`` of ``words.yaml`` (names starting with ``_`` are fillers' own lists)."""
+    return _word_lists()[name]
 
 
 def _pick(options: tuple[str, ...]) -> Filler:
@@ -483,4 +487,6 @@ def _pick(options: tuple[str, ...]) -> Filler:
 @cache
 def fillers() -> dict[str, Filler]:
     """Every placeholder a template may use: the built fillers plus one per word list."""
-    return {**_BUILT, **{key: _pick(words) for key, words in _word_lists().items()}}
+    lists = _word_lists().items()
+    # Lists named with a leading underscore feed the built fillers; they are not placeholders.
+    return {**_BUILT, **{key: _pick(values) for key, values in lists if not key.startswith("_")}}

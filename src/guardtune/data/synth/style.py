@@ -12,7 +12,13 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from guardtune.errors import GuardtuneError
 
 Register = Literal["chat", "short", "formal"]
 REGISTERS: tuple[str, ...] = ("chat", "short", "formal")
@@ -27,31 +33,43 @@ class Piece:
 
 
 WORD = re.compile(r"[A-Za-z']+")
-_SLANG: dict[str, str] = {
-    "you": "u",
-    "your": "ur",
-    "you're": "ur",
-    "are": "r",
-    "please": "pls",
-    "okay": "ok",
-    "because": "cuz",
-    "thanks": "thx",
-    "really": "rly",
-    "what's": "whats",
-    "tonight": "tonite",
-    "brother": "bro",
-}
-_SLANG_PHRASES: dict[str, str] = {
-    "going to": "gonna",
-    "want to": "wanna",
-    "got to": "gotta",
-    "right now": "rn",
-    "to be honest": "tbh",
-    "i don't know": "idk",
-}
-_PREFIXES = ("lol ", "ngl ", "bro ", "yo ", "hey ", "ok ", "fr ", "omg ", "wait ", "tbh ")
-_SUFFIXES = (" lol", " fr", " bro", "!!", " lmao", " ngl", " :)", " xd", " haha", " pls")
-_EMOJI = ("😂", "🔥", "💀", "😭", "👀", "🙏", "😎", "👍", "❤️", "🤣", "😅")
+
+
+@dataclass(frozen=True)
+class _ChatWords:
+    slang: dict[str, str]
+    slang_phrases: dict[str, str]
+    prefixes: tuple[str, ...]
+    suffixes: tuple[str, ...]
+    emoji: tuple[str, ...]
+
+
+@cache
+def _chat_words() -> _ChatWords:
+    where = "guardtune/data/synth/templates/style.yaml"
+    raw: Any = yaml.safe_load(
+        resources.files("guardtune.data.synth")
+        .joinpath("templates", "style.yaml")
+        .read_text(encoding="utf-8")
+    )
+    try:
+        return _ChatWords(
+            slang={str(k): str(v) for k, v in raw["slang"].items()},
+            slang_phrases={str(k): str(v) for k, v in raw["slang_phrases"].items()},
+            prefixes=tuple(raw["prefixes"]),
+            suffixes=tuple(raw["suffixes"]),
+            emoji=tuple(raw["emoji"]),
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise GuardtuneError(
+            f"{where}: expected slang and slang_phrases mappings and prefixes, suffixes, emoji lists ({exc})"
+        ) from None
+
+
+def chat_filler_words() -> frozenset[str]:
+    """The words the chat register adds before or after a message (``lol``, ``pls``, ...)."""
+    chat = _chat_words()
+    return frozenset(w for part in chat.prefixes + chat.suffixes for w in re.findall(r"[a-z0-9]+", part))
 
 
 def _typo(word: str, rng: random.Random) -> str:
@@ -66,13 +84,14 @@ def _typo(word: str, rng: random.Random) -> str:
 
 def _style_literal(text: str, rng: random.Random, opts: dict[str, bool]) -> str:
     if opts["slang"]:
-        for phrase, short in _SLANG_PHRASES.items():
+        chat = _chat_words()
+        for phrase, short in chat.slang_phrases.items():
             if rng.random() < 0.8:
                 text = re.sub(rf"\b{phrase}\b", short, text, flags=re.IGNORECASE)
         text = WORD.sub(
             lambda m: (
-                _SLANG[m.group(0).lower()]
-                if m.group(0).lower() in _SLANG and rng.random() < 0.75
+                chat.slang[m.group(0).lower()]
+                if m.group(0).lower() in chat.slang and rng.random() < 0.75
                 else m.group(0)
             ),
             text,
@@ -104,30 +123,35 @@ def _chat(pieces: list[Piece], rng: random.Random) -> str:
             i, m = rng.choice(spots)
             text = out[i].text
             out[i] = Piece(text[: m.start()] + _typo(m.group(0), rng) + text[m.end() :])
-    text = re.sub(r"\s+", " ", "".join(p.text for p in out))
-    # Tidy spacing before decorating, so emoticon suffixes such as " :)" keep their space.
-    text = re.sub(r" ([,.!?;:])", r"\1", text).strip()
-    text = _case(text, rng)
-    if rng.random() < 0.15:
-        text = rng.choice(_PREFIXES) + text
-    if rng.random() < 0.25:
-        text = text.rstrip(".") + rng.choice(_SUFFIXES)
-    if rng.random() < 0.15:
-        text = _add_emoji(text, rng)
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _case(text: str, rng: random.Random) -> str:
+    # Spacing and case change the typed words only; a value (a spaced-out number, an IBAN) stays.
+    out = [p if p.value else Piece(_tidy(p.text)) for p in out]
     roll = rng.random()
     if roll < 0.45:
-        return text.lower()
-    if roll < 0.7:
-        return text[:1].upper() + text[1:]
+        out = [p if p.value else Piece(p.text.lower()) for p in out]
+    elif roll < 0.7 and out and not out[0].value:
+        out[0] = Piece(_capitalise(out[0].text.lstrip()))
+    text = "".join(p.text for p in out).strip()
+    chat = _chat_words()
+    if rng.random() < 0.15:
+        text = rng.choice(chat.prefixes) + text
+    if rng.random() < 0.25:
+        text = (text[:-1] if text.endswith(".") and not out[-1].value else text) + rng.choice(chat.suffixes)
+    if rng.random() < 0.15:
+        text = _add_emoji(text, rng)
     return text
 
 
+def _tidy(text: str) -> str:
+    """Single spaces, none before punctuation."""
+    return re.sub(r" ([,.!?;:])", r"\1", re.sub(r"\s+", " ", text))
+
+
+def _capitalise(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _add_emoji(text: str, rng: random.Random) -> str:
-    emoji = rng.choice(_EMOJI) * rng.choice((1, 1, 2, 3))
+    emoji = rng.choice(_chat_words().emoji) * rng.choice((1, 1, 2, 3))
     return f"{text} {emoji}" if rng.random() < 0.8 else f"{emoji} {text}"
 
 
@@ -137,19 +161,21 @@ def _stretch(word: str, rng: random.Random) -> str:
 
 
 def _short(pieces: list[Piece], rng: random.Random) -> str:
-    text = re.sub(r"\s+", " ", "".join(p.text for p in pieces)).strip()
-    if rng.random() < 0.3:
-        words = text.split(" ")
-        i = rng.randrange(len(words))
-        words[i] = _stretch(words[i], rng)
-        text = " ".join(words)
+    literals = [i for i, p in enumerate(pieces) if not p.value]
+    pieces = [p if p.value else Piece(re.sub(r"\s+", " ", p.text)) for p in pieces]
+    if literals and rng.random() < 0.3:
+        i = rng.choice(literals)
+        words = pieces[i].text.split(" ")
+        j = rng.randrange(len(words))
+        words[j] = _stretch(words[j], rng)
+        pieces[i] = Piece(" ".join(words))
     roll = rng.random()
-    if roll < 0.6:
-        text = text.lower()
-    elif roll < 0.85:
-        text = text[:1].upper() + text[1:]
-    else:
-        text = text.upper()
+    case = str.lower if roll < 0.6 else (_capitalise if roll < 0.85 else str.upper)
+    pieces = [
+        p if p.value else Piece(case(p.text) if case is not _capitalise or i == 0 else p.text)
+        for i, p in enumerate(pieces)
+    ]
+    text = "".join(p.text for p in pieces).strip()
     if rng.random() < 0.25 and text[-1:].isalnum():
         text += rng.choice(("!", "!!", ".", "?", " :)", " :D", "~"))
     if rng.random() < 0.15:
@@ -158,13 +184,16 @@ def _short(pieces: list[Piece], rng: random.Random) -> str:
 
 
 def _formal(pieces: list[Piece], rng: random.Random) -> str:
-    if rng.random() < 0.1:
-        pieces = [p if p.value else Piece(p.text.lower()) for p in pieces]
-    text = "".join(p.text for p in pieces)
-    # Spaces collapse within a line; line breaks are part of a form's or an e-mail's layout.
-    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.split("\n")]
-    text = "\n".join(lines).strip()
-    return re.sub(r"\n{3,}", "\n\n", text)
+    lower = rng.random() < 0.1
+    tidy = []
+    for p in pieces:
+        if p.value:
+            tidy.append(p)
+            continue
+        # Spaces collapse within a line; line breaks are part of a form's or an e-mail's layout.
+        text = re.sub(r"[ \t]*\n[ \t]*", "\n", re.sub(r"[ \t]+", " ", p.text))
+        tidy.append(Piece(text.lower() if lower else text))
+    return re.sub(r"\n{3,}", "\n\n", "".join(p.text for p in tidy).strip())
 
 
 def apply_style(pieces: list[Piece], register: str, rng: random.Random) -> str:
