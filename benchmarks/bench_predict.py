@@ -377,12 +377,11 @@ def train_models(args: argparse.Namespace, work: Path) -> list[Path]:
     """A short model per method, trained with guardtune.api.train on one shared backbone."""
     from guardtune.api import train
     from guardtune.backbone import load_backbone
-    from guardtune.data.synth import generate, min_rows
+    from guardtune.data.synth import sample
     from guardtune.train import TrainSettings
 
     data = work / "train.csv"
-    rows = generate("pii-intent", max(args.train_rows, min_rows("pii-intent")), args.seed)
-    rows.head(args.train_rows).to_csv(data, index=False)
+    sample("pii-intent", args.train_rows, args.seed).to_csv(data, index=False)
     backbone = load_backbone(args.base, dtype=args.dtype)
     models = []
     for method in args.methods:
@@ -515,7 +514,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.threads:
         torch.set_num_threads(args.threads)
-    from guardtune.data.synth import generate, min_rows
+    from guardtune.data.synth import sample
     from guardtune.modeldir import read_manifest
 
     isolate = not args.no_isolate
@@ -530,8 +529,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = next(iter(manifests.values())).task
     slow_n = min(args.slow_n or args.n, args.n)
 
-    frame = generate("pii-intent", max(args.n, min_rows("pii-intent")), args.seed + 1000, split="check")
-    frame = frame.head(args.n)
+    frame = sample("pii-intent", args.n, args.seed + 1000, split="check")
     texts, gold = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
     data = work / "messages.json"
     data.write_text(json.dumps({"texts": texts, "labels": gold}))

@@ -293,12 +293,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     from guardtune.backbone import resolve_dtype
-    from guardtune.data.synth import generate, min_rows
+    from guardtune.data.synth import sample
 
     work = args.work or Path(tempfile.mkdtemp(prefix="guardtune-bench-train-"))
     work.mkdir(parents=True, exist_ok=True)
-    n_rows = args.steps * args.batch_size
-    frame = generate("pii-intent", max(n_rows, min_rows("pii-intent")), args.seed).head(n_rows)
+    frame = sample("pii-intent", args.steps * args.batch_size, args.seed)
     texts, labels = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
 
     rows = guardtune_runs(args, texts, labels, work)

@@ -31,7 +31,10 @@ def test_template_cv_validates_on_train_templates_only(tmp_path: Path, task: str
 def test_template_cv_setting_parser() -> None:
     cv = load_script(EXAMPLES / "template_cv.py")
     assert cv.parse_setting("long:max_steps=240,calibrate=1") == ("long", {"max_steps": 240, "calibrate": 1})
-    assert cv.settings_for({"lora_r": 8, "calibrate": 1}, seed=2).lora.alpha == 16
+    settings = cv.settings_for("pii-categories", {"lora_r": 8, "calibrate": 1}, seed=2)
+    assert settings.lora.alpha == 16 and settings.max_steps == 240 and settings.seed == 2
+    with pytest.raises(GuardtuneError, match="max_steps: expected a number, found 'a'"):
+        cv.parse_setting("x:max_steps=a")
     with pytest.raises(GuardtuneError, match="unknown key 'steps'"):
         cv.parse_setting("x:steps=3")
 

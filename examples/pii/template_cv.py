@@ -36,16 +36,12 @@ from rich.table import Table
 
 from guardtune.api import calibrate, evaluate, train
 from guardtune.backbone import load_backbone
-from guardtune.data.splits import stratified_split
-from guardtune.data.synth import generate
-from guardtune.data.synth.families import template_frame
-from guardtune.data.writers import write_table
+from guardtune.data.synth.families import phrasing_key, template_frame
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
+from guardtune.quickstart import DEFAULT_STEPS, write_data
 from guardtune.train import TrainSettings
 
-QUICKSTART = TrainSettings(max_steps=120, batch_size=16)
-N_ROWS, N_DEV = 2400, 600
 OPTIONAL_POOLS = ("multi", "frames")
 _NUMBERS = {
     "max_steps": int,
@@ -65,14 +61,19 @@ def parse_setting(spec: str) -> tuple[str, dict[str, Any]]:
         key, _, value = item.partition("=")
         if key not in _NUMBERS:
             raise GuardtuneError(f"--setting {spec}: unknown key {key!r} (known: {', '.join(_NUMBERS)})")
-        overrides[key] = _NUMBERS[key](value)
+        try:
+            overrides[key] = _NUMBERS[key](value)
+        except ValueError:
+            raise GuardtuneError(f"--setting {spec}: {key}: expected a number, found {value!r}") from None
     return name or "baseline", overrides
 
 
-def settings_for(overrides: dict[str, Any], seed: int) -> TrainSettings:
+def settings_for(task: str, overrides: dict[str, Any], seed: int) -> TrainSettings:
+    """The quickstart's training settings for ``task`` with ``overrides``."""
     values = {k: v for k, v in overrides.items() if k != "calibrate"}
     lora = LoraSettings(r=values.pop("lora_r"), alpha=2 * overrides["lora_r"]) if "lora_r" in values else None
-    settings = replace(QUICKSTART, seed=seed, **values)
+    quickstart = TrainSettings(max_steps=DEFAULT_STEPS[task], batch_size=16)
+    settings = replace(quickstart, seed=seed, **values)
     return replace(settings, lora=lora) if lora else settings
 
 
@@ -91,7 +92,13 @@ def split_templates(
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     rng = random.Random(seed)
-    specs = {p.name: yaml.safe_load(p.read_text(encoding="utf-8")) for p in sorted(source.glob("*.yaml"))}
+    files = sorted(source.glob("*.yaml"))
+    for rules in (p for p in files if p.name.startswith("_")):
+        # Task rules such as _task.yaml are not families: copied as they are.
+        shutil.copy(rules, target / rules.name)
+    specs = {
+        p.name: yaml.safe_load(p.read_text(encoding="utf-8")) for p in files if not p.name.startswith("_")
+    }
     for spec in specs.values():
         pools = spec["train"]
         if _frames_shared_across_pools(pools):
@@ -109,17 +116,17 @@ def split_templates(
         spec["train"] = {cls: pool[n_dev[cls] :] or pool[:1] for cls, pool in shuffled.items()}
     # A validation template must not share its phrasing with a training template of any family.
     trained = Counter(
-        template_frame(t) for spec in specs.values() for pool in spec["train"].values() for t in pool
+        phrasing_key(t) for spec in specs.values() for pool in spec["train"].values() for t in pool
     )
     for name, spec in specs.items():
         for cls, pool in list(spec["check"].items()):
-            spec["check"][cls] = [t for t in pool if trained[template_frame(t)] == 0]
+            spec["check"][cls] = [t for t in pool if trained[phrasing_key(t)] == 0]
             if not spec["check"][cls] and cls in OPTIONAL_POOLS:
                 # Multi-category rows are then joined from single-category clauses, in both splits.
                 del spec["check"][cls], spec["train"][cls]
             elif not spec["check"][cls]:
                 # Move a training template whose phrasing no other template shares.
-                movable = [t for t in spec["train"][cls] if trained[template_frame(t)] == 1]
+                movable = [t for t in spec["train"][cls] if trained[phrasing_key(t)] == 1]
                 if not movable or len(spec["train"][cls]) < 2:
                     raise GuardtuneError(f"{name}: train.{cls}: too few templates to hold one out")
                 spec["train"][cls].remove(movable[0])
@@ -140,22 +147,16 @@ def run(
 ) -> dict[str, Any]:
     work = out / name / f"seed{seed}"
     templates = split_templates(task, work, dev_share=0.25, seed=seed, source_root=source)
-    data = work / "data"
-    frame = generate(task, N_ROWS, seed=seed, templates=templates)
-    label_column = frame.columns[1]
-    train_idx, val_idx, _ = stratified_split(frame[label_column].tolist(), (0.8, 0.1, 0.1), seed)
-    train_path = write_table(frame.iloc[train_idx].reset_index(drop=True), data / "train.csv")
-    val_path = write_table(frame.iloc[val_idx].reset_index(drop=True), data / "val.csv")
-    dev_path = write_table(
-        generate(task, N_DEV, seed=seed + 1, split="check", templates=templates), data / "dev.csv"
-    )
+    # The quickstart's own data, with the held-out training templates as its check set.
+    paths = write_data(task, work / "data", seed, templates=templates)
+    train_path, val_path, dev_path = paths["train"], paths["val"], paths["check"]
     started = time.perf_counter()
     report = train(
         task,
         train_path,
         out / name / f"seed{seed}" / "model",
         val_path=val_path,
-        settings=settings_for(overrides, seed),
+        settings=settings_for(task, overrides, seed),
         overwrite=True,
         backbone=backbone,
     )

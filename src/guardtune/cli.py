@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -80,13 +79,7 @@ def data_synth(
     from guardtune.data.writers import write_table
 
     if list_families:
-        families = synth.list_families(task, templates)
-        out.print(f"{task}: {len(families)} template families (share of rows; templates train / check)")
-        for info in families:
-            classes = ", ".join(f"{c} {s:.0%}" for c, s in info.class_shares.items())
-            pools = f"{info.templates['train']} / {info.templates['check']}"
-            out.print(f"\n[bold]{info.name}[/bold]  {info.share:.0%}  ({classes}; templates {pools})")
-            out.print(textwrap.indent(textwrap.fill(info.description, width=76), "  "), highlight=False)
+        out.print(synth.describe_families(task, templates), highlight=False, markup=False)
         return
     if n is None or out_file is None:
         raise GuardtuneError("data synth: --n and --out are required (or pass --list-families)")
