@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 # A CPU build of torch; pip takes it from this machine's disk (a bare `torch` pulls CUDA, GBs).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup quickstart test lint clean
+.PHONY: setup quickstart test lint docs clean
 
 $(BIN)/guardtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The docs/ site builds without a warning (broken links and anchors fail it).
+docs: setup
+	$(BIN)/mkdocs build --strict --site-dir $(VENV)/site
+
+test: lint docs
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) guardtune-quickstart .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) site guardtune-quickstart .pytest_cache .mypy_cache .ruff_cache
