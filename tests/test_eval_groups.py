@@ -24,12 +24,13 @@ def test_single_label_groups_count_flags_against_the_negative_outcome() -> None:
     result = group_metrics(task, groups, truth, predicted, one_hot(task.label_names, predicted), "family")
     words, core = result["metrics"]["words"], result["metrics"]["core"]
     assert result["column"] == "family" and list(result["metrics"]) == ["words", "core"]
-    # Macro-F1 averages over the labels seen in truth or predictions, as for the whole file.
+    # Macro-F1 averages over the labels the group holds: the label it was mistaken for does not count.
     assert words == {
-        "n": 4, "accuracy": 0.75, "macro_f1": pytest.approx((6 / 7 + 0) / 2), "recall": {"none": 0.75},
+        "n": 4, "accuracy": 0.75, "macro_f1": pytest.approx(6 / 7), "recall": {"none": 0.75},
         "n_negative": 4, "fpr": 0.25,
     }  # fmt: skip
     assert core["accuracy"] == pytest.approx(2 / 3)
+    assert core["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert core["recall"] == {"none": 1.0, "asking": 1.0, "giving": 0.0}
     assert core["n_negative"] == 1 and core["fpr"] == 0.0
     assert result["weakest"] == "core"

@@ -3,8 +3,8 @@
 A guard can score well overall and still fail a whole kind of text (greetings, warnings that mention
 passwords, business e-mail). Each group is scored by the same functions as the whole file
 (:func:`single_label_metrics`, :func:`multi_label_metrics`, unknown categories masked alike); a group
-keeps accuracy (exact match for multi-label tasks), F1 (macro for single-label tasks, micro for
-multi-label), each gold label's recall, and the false-positive rate: the share of rows that flag
+keeps accuracy (exact match for multi-label tasks), F1 (for single-label tasks the mean F1 of the
+labels the group holds in truth, for multi-label tasks micro-F1), each gold label's recall, and the false-positive rate: the share of rows that flag
 nothing in truth but are flagged.
 """
 
@@ -83,7 +83,10 @@ def _one_group(
     labels = task.label_names
     if task.mode == "single":
         full = single_label_metrics(labels, truth, predicted, scores)
-        result = {"n": full["n"], "accuracy": full["accuracy"], "macro_f1": full["macro_f1"]}
+        # A family often holds one gold label; averaging in the labels it was mistaken for (F1 0)
+        # would halve its score for a single error, so the mean runs over the labels it holds.
+        held = [m["f1"] for m in full["per_class"].values() if m["support"]]
+        result = {"n": full["n"], "accuracy": full["accuracy"], "macro_f1": float(np.mean(held))}
     else:
         full = multi_label_metrics(labels, truth, predicted, scores, known)
         anything = any(truth) or any(predicted)
