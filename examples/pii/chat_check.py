@@ -11,7 +11,8 @@ client, one user message per conversation:
 
     python examples/pii/chat_check.py --model guardtune-quickstart/model --out runs/chat-check
 
-Writes ``OUT/chat_check.csv`` (every message, its finish reason and which stage flagged it) and
+Writes ``OUT/chat_check.csv`` (every message, its finish reason and which stage flagged it),
+``OUT/server.log`` (the server's log) and
 ``OUT/chat_check.json`` (the shares), and prints them.
 """
 
@@ -40,16 +41,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(model: Path, port: int, max_new_tokens: int) -> subprocess.Popen[bytes]:
+def start_server(
+    model: Path, port: int, max_new_tokens: int, timeout: float, log: Path
+) -> subprocess.Popen[bytes]:
     command = [
         sys.executable, "-m", "guardtune", "serve", "--model", f"pii={model}",
-        "--port", str(port), "--max-new-tokens", str(max_new_tokens),
+        "--port", str(port), "--max-new-tokens", str(max_new_tokens), "--timeout", str(timeout),
     ]  # fmt: skip
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The server's log goes to a file: an undrained pipe would block the server once full.
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            stderr = server.stderr.read().decode() if server.stderr else ""
+            stderr = log.read_text(encoding="utf-8", errors="replace")
             raise SystemExit(f"guardtune serve exited with {server.returncode}: {stderr.strip()[-400:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
@@ -84,13 +88,23 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100, help="messages of each kind (requests, asking, giving)")
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="the server's per-request timeout (a busy CPU generates slowly)",
+    )
     args = parser.parse_args()
 
     rows = check_rows(args.n, args.seed)
     port = free_port()
-    server = start_server(args.model, port, args.max_new_tokens)
+    args.out.mkdir(parents=True, exist_ok=True)
+    server = start_server(args.model, port, args.max_new_tokens, args.timeout, args.out / "server.log")
     client = OpenAI(
-        base_url=f"http://127.0.0.1:{port}/v1", api_key=os.environ.get("GUARDTUNE_API_KEY", "none")
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_key=os.environ.get("GUARDTUNE_API_KEY", "none"),
+        timeout=args.timeout + 30,
+        max_retries=0,
     )
     finishes, stages, replies = [], [], []
     try:
