@@ -64,6 +64,7 @@ class Classifier:
         backbone: Backbone | None = None,
         adapter_name: str | None = None,
         merge: bool | None = None,
+        device: str = "auto",
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -77,6 +78,8 @@ class Classifier:
                 latency per message on the embedded Gemma). The default merges when this model
                 owns its backbone (no ``backbone`` given); a shared backbone keeps the adapter
                 separate so the other models on it are untouched.
+            device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``, when no
+                ``backbone`` is given.
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, or a bad
@@ -86,7 +89,7 @@ class Classifier:
         manifest = read_manifest(directory)
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None
-        backbone = backbone or load_backbone(manifest.base, dtype=dtype)
+        backbone = backbone or load_backbone(manifest.base, dtype=dtype, device=device)
         method_cls = get_method(manifest.method)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name

@@ -72,12 +72,13 @@ def _base_key(base: str) -> str:
     return str(path.resolve()) if path.exists() else base
 
 
-def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]:
+def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto") -> dict[str, Guard]:
     """Load every guard; guards trained on the same base share one copy of its weights.
 
     Args:
         specs: guard name -> model directory.
         dtype: ``auto``, ``bf16`` or ``fp32`` for the base models.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         GuardtuneError: a directory is not a model, or its base cannot be loaded.
@@ -90,7 +91,7 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]
     for name, directory in specs.items():
         key = _base_key(manifests[name].base)
         if key not in backbones:
-            backbones[key] = load_backbone(manifests[name].base, dtype=dtype)
+            backbones[key] = load_backbone(manifests[name].base, dtype=dtype, device=device)
         backbone = backbones[key]
         classifier = Classifier.load(directory, backbone=backbone, adapter_name=name)
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
