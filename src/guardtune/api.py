@@ -144,7 +144,9 @@ def train(
     if backbone is None:
         # The main process converts and caches a GGUF base first; the others then load the cache.
         with state.main_process_first():
-            backbone = load_backbone(base, dtype=settings.dtype, device=settings.device)
+            backbone = load_backbone(
+                base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize
+            )
     set_seed(settings.seed)
     model = method_cls.create(backbone, spec, settings.lora, settings.max_length, train_rows.labels)
     result = fit(

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from guardtune.atomic import atomic_dir
 from guardtune.errors import GuardtuneError
+from guardtune.quantize import quantization_config
 
 DtypeName = Literal["auto", "bf16", "fp32"]
 DEVICES = ("auto", "cpu", "cuda")
@@ -57,6 +58,8 @@ class Backbone:
     tokenizer: Any
     base: str
     dtype: torch.dtype
+    # ``4bit`` or ``8bit`` when the base weights are held in bitsandbytes layers (see quantize.py).
+    quantize: str | None = None
     # The PEFT wrapper once a first adapter is put on the model; further adapters (several guards
     # on one base) are added to it under their own names.
     peft_model: Any = None
@@ -294,7 +297,10 @@ def _drop_construction_vocab(tokenizer: Any) -> None:
 
 
 def load_backbone(
-    base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto", device: str = "auto"
+    base: str = DEFAULT_BASE,
+    dtype: DtypeName | str = "auto",
+    device: str = "auto",
+    quantize: str | None = None,
 ) -> Backbone:
     """Load a base causal LM and its tokenizer, frozen and in evaluation mode, on ``device``.
 
@@ -302,12 +308,18 @@ def load_backbone(
         base: an HF model directory, a ``.gguf`` file, ``gemma-3-270m`` (embedded), or a hub id.
         dtype: ``auto`` (bf16 where the device supports it natively), ``bf16`` or ``fp32``.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        quantize: ``4bit`` or ``8bit`` to hold the base's linear layers in bitsandbytes layers.
 
     Raises:
-        GuardtuneError: the base cannot be found or loaded, or the device is not there.
+        GuardtuneError: the base cannot be found or loaded, the device is not there, or
+            ``quantize`` is unknown or bitsandbytes missing.
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    extra: dict[str, Any] = {}
+    if quantize is not None:
+        # Quantised layers are created on their device: they cannot be moved afterwards.
+        extra = {"quantization_config": quantization_config(quantize), "device_map": {"": target}}
     if target.type == "cpu":
         torch.set_num_threads(cpu_threads())
         bound_kernel_caches()
@@ -315,7 +327,7 @@ def load_backbone(
     try:
         with _quiet_loading():
             tokenizer = AutoTokenizer.from_pretrained(str(source))
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **extra)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GuardtuneError(f"--base {base}: cannot load: {reason}") from exc
@@ -324,5 +336,6 @@ def load_backbone(
     _drop_construction_vocab(tokenizer)
     model.requires_grad_(False)
     model.eval()
-    model.to(target)  # type: ignore[arg-type]
-    return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype)
+    if quantize is None:
+        model.to(target)  # type: ignore[arg-type]
+    return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype, quantize=quantize)

@@ -176,6 +176,10 @@ def train(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="Recompute activations in the backward pass: less memory, ~1/3 slower.")
     ] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="4bit (QLoRA: NF4, double quantisation) or 8bit base weights; needs bitsandbytes."),
+    ] = None,
     seed: SeedOption = 0,
     distill: Annotated[
         str | None,
@@ -202,6 +206,7 @@ def train(
         dtype=dtype,
         device=device,
         gradient_checkpointing=gradient_checkpointing,
+        quantize=quantize,
         distill=_parse_distill(distill),
         lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
     )

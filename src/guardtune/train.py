@@ -31,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from guardtune.backbone import DEVICES
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
+from guardtune.quantize import QUANTIZE_MODES
 
 # What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -71,6 +72,8 @@ class TrainSettings:
     # Recompute each decoder layer's activations in the backward pass: far less memory for
     # 1-8B bases at about a third more compute per step.
     gradient_checkpointing: bool = False
+    # 4bit (QLoRA: NF4, double quantisation, bf16 compute) or 8bit base weights; see quantize.py.
+    quantize: str | None = None
     # (alpha, temperature): mix KL to a teacher's soft labels into the loss.
     distill: tuple[float, float] | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -91,6 +94,8 @@ class TrainSettings:
             problems.append(f"--grad-accum: expected a positive integer, found {self.gradient_accumulation}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             problems.append(f"--device: expected auto, cpu or cuda, found {self.device!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            problems.append(f"--quantize: expected 4bit or 8bit, found {self.quantize!r}")
         if self.save_steps < 1:
             problems.append(f"--save-steps: expected a positive integer, found {self.save_steps}")
         if self.distill is not None:

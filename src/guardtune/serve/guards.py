@@ -89,9 +89,13 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
     backbones: dict[str, Backbone] = {}
     guards = {}
     for name, directory in specs.items():
-        key = _base_key(manifests[name].base)
+        # A quantised base is another copy of the weights: guards share it only with their kind.
+        quantize = manifests[name].training.get("quantize")
+        key = f"{_base_key(manifests[name].base)}#{quantize or 'full'}"
         if key not in backbones:
-            backbones[key] = load_backbone(manifests[name].base, dtype=dtype, device=device)
+            backbones[key] = load_backbone(
+                manifests[name].base, dtype=dtype, device=device, quantize=quantize
+            )
         backbone = backbones[key]
         classifier = Classifier.load(directory, backbone=backbone, adapter_name=name)
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
