@@ -22,6 +22,7 @@ from guardtune.backbone import load_backbone
 from guardtune.errors import GuardtuneError
 from guardtune.export import export_model
 from guardtune.methods import LoraSettings
+from guardtune.serve import load_guards
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 
@@ -126,3 +127,14 @@ def test_unknown_mode_and_missing_bitsandbytes_are_refused_in_one_line(
     assert "\n" not in str(error.value)
     args = ["train", "--task", "pii-intent", "--train", toy_files["val"], "--out", tmp_path / "m"]
     assert run_cli(monkeypatch, *args, "--base", tiny_base, "--quantize", "4bit", "--max-steps", "1") == 1
+
+
+def test_serve_loads_a_quantised_guard_on_a_quantised_base_and_keeps_the_adapter_apart(trained: Any) -> None:
+    report = trained("4bit", "head")
+    guards = load_guards({"q": report.directory}, dtype="fp32", device="cpu")
+    backbone = guards["q"].backbone
+    assert backbone.quantize == "4bit"
+    q_proj = backbone.model.get_decoder().layers[0].self_attn.q_proj
+    assert isinstance(q_proj.base_layer, bnb.nn.Linear4bit) and not q_proj.merged
+    expected = Classifier.load(report.directory, dtype="fp32").predict_proba(TEXTS)
+    np.testing.assert_array_equal(guards["q"].classifier.predict_proba(TEXTS), expected)

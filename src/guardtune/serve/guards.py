@@ -101,7 +101,8 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
     for backbone in backbones.values():
         hosted = [g for g in guards.values() if g.backbone is backbone]
-        if len(hosted) == 1 and backbone.dtype == torch.float32:
+        # Not into k-bit weights: merging re-quantises them (see Classifier.load).
+        if len(hosted) == 1 and backbone.dtype == torch.float32 and backbone.quantize is None:
             merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
     return guards
 
