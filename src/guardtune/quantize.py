@@ -7,6 +7,7 @@ CUDA and, from release 0.46, on CPUs (its ``cpu`` backend), which is what the te
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -14,6 +15,11 @@ import torch
 from guardtune.errors import GuardtuneError
 
 QUANTIZE_MODES = ("4bit", "8bit")
+
+# peft imports bitsandbytes whenever it is installed, and on CPUs with AVX-512 BF16 its CPU backend
+# then warns on every run that it cannot fetch an optional kernel from the Hugging Face hub (the
+# `kernels` package); its built-in kernels run instead. Only that module's warnings are hidden.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def check_quantize(mode: str | None) -> None:
