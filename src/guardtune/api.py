@@ -17,7 +17,7 @@ from transformers import set_seed
 from transformers.utils import logging as hf_logging
 
 from guardtune.atomic import atomic_dir
-from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone
+from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone, resolve_device
 from guardtune.classifier import Classifier, Prediction
 from guardtune.data.readers import Examples, iter_examples, label_counts, load_examples, soft_label_columns
 from guardtune.data.splits import stratified_split
@@ -117,6 +117,8 @@ def train(
     if out.exists() and not overwrite:
         raise GuardtuneError(f"{out}: already exists (choose another --out or pass --overwrite)")
     method_cls = get_method(method)
+    if backbone is None:
+        resolve_device(settings.device)  # a missing GPU fails here, before data and processes
     train_rows = load_examples(train_path, spec)
     notes = []
     if val_path is not None:
@@ -133,7 +135,7 @@ def train(
     work_dir = _work_dir(out)
     # Under `accelerate launch` / `torchrun` every process runs this function; only the main one
     # touches the file system, and the others wait for it where they would otherwise race.
-    state = process_state()
+    state = process_state(settings.device)
     if not state.is_main_process:
         hf_logging.disable_progress_bar()  # one set of loading bars, the main process's
     if state.is_main_process and work_dir.exists() and not resume:
@@ -142,7 +144,9 @@ def train(
     if backbone is None:
         # The main process converts and caches a GGUF base first; the others then load the cache.
         with state.main_process_first():
-            backbone = load_backbone(base, dtype=settings.dtype)
+            backbone = load_backbone(
+                base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize
+            )
     set_seed(settings.seed)
     model = method_cls.create(backbone, spec, settings.lora, settings.max_length, train_rows.labels)
     result = fit(
@@ -364,6 +368,7 @@ def calibrate(
     dtype: str = "auto",
     progress: bool = True,
     save: bool = True,
+    device: str = "auto",
 ) -> Calibration:
     """Fit temperature scaling and decision thresholds on labelled rows and store them with the model.
 
@@ -381,6 +386,7 @@ def calibrate(
         label: the label to threshold.
         max_fpr, min_recall: at most one target, each strictly between 0 and 1.
         dtype: ``auto``, ``bf16`` or ``fp32`` when ``model`` is a directory.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda`` when ``model`` is a directory.
         progress: show a progress bar while scoring.
         save: write ``calibration.json`` into the model directory.
 
@@ -401,7 +407,9 @@ def calibrate(
     spec = model.manifest.task if isinstance(model, Classifier) else read_manifest(model).task
     threshold_labels(spec, objective, label)
     rows = load_examples(data, spec)
-    classifier = model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype)
+    classifier = (
+        model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype, device=device)
+    )
     if save and classifier.directory is None:
         raise GuardtuneError("calibrate: the classifier has no model directory to write calibration.json to")
     assert rows.labels is not None

@@ -64,6 +64,7 @@ class Classifier:
         backbone: Backbone | None = None,
         adapter_name: str | None = None,
         merge: bool | None = None,
+        device: str = "auto",
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -75,8 +76,11 @@ class Classifier:
             adapter_name: the adapter's name on a shared backbone (default: a free name).
             merge: fold the adapter into the base weights for faster inference (about 40% less
                 latency per message on the embedded Gemma). The default merges when this model
-                owns its backbone (no ``backbone`` given); a shared backbone keeps the adapter
-                separate so the other models on it are untouched.
+                owns its backbone (no ``backbone`` given) and the base is not quantised; a
+                shared backbone keeps the adapter separate so the other models on it are
+                untouched.
+            device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``, when no
+                ``backbone`` is given.
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, or a bad
@@ -86,7 +90,8 @@ class Classifier:
         manifest = read_manifest(directory)
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None
-        backbone = backbone or load_backbone(manifest.base, dtype=dtype)
+        quantize = manifest.training.get("quantize")
+        backbone = backbone or load_backbone(manifest.base, dtype=dtype, device=device, quantize=quantize)
         method_cls = get_method(manifest.method)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
@@ -95,7 +100,9 @@ class Classifier:
         # differently from the unmerged sum, but against an fp32 reference both bf16 paths drift
         # alike (measured on the moderation model: max |score change| 0.019 merged, 0.036
         # unmerged, same labels), so bf16 merges too.
-        if owns_backbone if merge is None else merge:
+        # A k-bit base cannot take the adapter exactly (peft re-quantises the merged weights), so
+        # a quantised model keeps its adapter separate, as it trained.
+        if (owns_backbone and backbone.quantize is None) if merge is None else merge:
             merge_for_inference(backbone, method.adapter_name)
         return cls(method, manifest, directory, calibration)
 

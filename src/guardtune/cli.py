@@ -30,6 +30,7 @@ BaseOption = Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemm
 EpochsOption = Annotated[float, typer.Option(help="Passes over the training rows.")]
 MaxLengthOption = Annotated[int, typer.Option(help="Tokens kept per text.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")]
+DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 LabelledDataOption = Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")]
 ModelOption = Annotated[Path, typer.Option(help="Model directory.")]
@@ -171,6 +172,14 @@ def train(
     save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps (for --resume).")] = 50,
     max_length: MaxLengthOption = 256,
     dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in the backward pass: less memory, ~1/3 slower.")
+    ] = False,
+    quantize: Annotated[
+        str | None,
+        typer.Option(help="4bit (QLoRA: NF4, double quantisation) or 8bit base weights; needs bitsandbytes."),
+    ] = None,
     seed: SeedOption = 0,
     distill: Annotated[
         str | None,
@@ -195,6 +204,9 @@ def train(
         seed=seed,
         save_steps=save_steps,
         dtype=dtype,
+        device=device,
+        gradient_checkpointing=gradient_checkpointing,
+        quantize=quantize,
         distill=_parse_distill(distill),
         lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
     )
@@ -302,6 +314,7 @@ def eval_command(
     data: LabelledDataOption,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
     dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
     group_by: Annotated[
         str | None,
@@ -315,7 +328,7 @@ def eval_command(
     from guardtune.eval import groups_rich_table, metrics_rich_table
 
     reading = _long_text(long_text)
-    classifier = Classifier.load(model, dtype=dtype)
+    classifier = Classifier.load(model, dtype=dtype, device=device)
     classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir, group_by=group_by)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
@@ -341,11 +354,14 @@ def calibrate(
         float | None, typer.Option(help="Highest precision with at least this recall.")
     ] = None,
     dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Fit temperature scaling and thresholds (max F1 by default) on validation rows."""
     from guardtune.api import calibrate as calibrate_model
 
-    cal = calibrate_model(model, data, label=label, max_fpr=max_fpr, min_recall=min_recall, dtype=dtype)
+    cal = calibrate_model(
+        model, data, label=label, max_fpr=max_fpr, min_recall=min_recall, dtype=dtype, device=device
+    )
     out.print(f"Temperature {cal.temperature:.3f} (fitted on {cal.n} rows of {data.name})")
     out.print(f"ECE (15 bins): {cal.ece_before:.3f} uncalibrated -> {cal.ece_after:.3f} calibrated")
     if cal.thresholds:
@@ -382,6 +398,7 @@ def predict(
     ],
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
     dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors).")] = "local",
     output_format: Annotated[
         str, typer.Option("--format", help="ray engine: parquet or csv part files.")
@@ -403,6 +420,10 @@ def predict(
     reading = _long_text(long_text)
     if reading is not None and engine != "local":
         raise GuardtuneError("--long-text: supported with --engine local only")
+    if device != "auto" and engine != "local":
+        raise GuardtuneError(
+            "--device: supported with --engine local only (ray places actors by --gpus-per-actor)"
+        )
     if engine == "ray":
         from guardtune.engines.ray_predict import RaySettings, predict_with_ray
 
@@ -423,7 +444,7 @@ def predict(
             dtype=dtype,
         )
     elif engine == "local":
-        classifier = Classifier.load(model, dtype=dtype)
+        classifier = Classifier.load(model, dtype=dtype, device=device)
         classifier.long_text = reading
         counts = predict_file(classifier, data, out_file, batch_size=batch_size)
     else:
@@ -440,6 +461,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
     max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Jobs waiting for the model before 503.")] = 256,
@@ -474,7 +496,7 @@ def serve(
             raise GuardtuneError(f"--model {spec}: the name {name!r} is given twice")
         specs[name] = directory
     with err.status(f"Loading {len(specs)} guard(s)...", spinner="dots"):
-        guards = load_guards(specs, dtype=dtype)
+        guards = load_guards(specs, dtype=dtype, device=device)
     bases = {id(g.backbone) for g in guards.values()}
     out.print(
         f"Loaded {', '.join(guards)} on {len(bases)} base model(s); serving on http://{host}:{port}"

@@ -40,7 +40,7 @@ def compare_methods(
         get_method(name)  # unknown names fail before any training starts
     settings = settings or TrainSettings()
     out = Path(out)
-    backbone = load_backbone(base, dtype=settings.dtype)
+    backbone = load_backbone(base, dtype=settings.dtype, device=settings.device)
     test_texts = load_examples(test_path, spec).texts
     rows = []
     for name in methods:

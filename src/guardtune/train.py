@@ -28,20 +28,24 @@ from transformers import (
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
+from guardtune.backbone import DEVICES
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
+from guardtune.quantize import QUANTIZE_MODES
 
 # What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
 
-def process_state() -> PartialState:
+def process_state(device: str = "auto") -> PartialState:
     """This process's place in an ``accelerate launch`` / ``torchrun`` run (a lone process is main).
 
     The first call joins the launcher's process group (gloo on CPUs, nccl on GPUs) and selects
-    this rank's GPU, so tensors later put on ``cuda`` land on the right device.
+    this rank's GPU, so tensors later put on ``cuda`` land on the right device. ``device`` is the
+    ``--device`` option: ``cpu`` keeps a machine with GPUs on its CPUs.
     """
-    return PartialState(cpu=not torch.cuda.is_available())
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)
 
 
 @dataclass
@@ -63,6 +67,13 @@ class TrainSettings:
     seed: int = 0
     save_steps: int = 50
     dtype: str = "auto"
+    # auto (CUDA when present), cpu, cuda or cuda:N; see backbone.resolve_device.
+    device: str = "auto"
+    # Recompute each decoder layer's activations in the backward pass: far less memory for
+    # 1-8B bases at about a third more compute per step.
+    gradient_checkpointing: bool = False
+    # 4bit (QLoRA: NF4, double quantisation, bf16 compute) or 8bit base weights; see quantize.py.
+    quantize: str | None = None
     # (alpha, temperature): mix KL to a teacher's soft labels into the loss.
     distill: tuple[float, float] | None = None
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -81,6 +92,10 @@ class TrainSettings:
             problems.append(f"--max-length: expected at least 8 tokens, found {self.max_length}")
         if self.gradient_accumulation < 1:
             problems.append(f"--grad-accum: expected a positive integer, found {self.gradient_accumulation}")
+        if self.device not in DEVICES and not self.device.startswith("cuda:"):
+            problems.append(f"--device: expected auto, cpu or cuda, found {self.device!r}")
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            problems.append(f"--quantize: expected 4bit or 8bit, found {self.quantize!r}")
         if self.save_steps < 1:
             problems.append(f"--save-steps: expected a positive integer, found {self.save_steps}")
         if self.distill is not None:
@@ -285,13 +300,14 @@ def fit(
     val_set = None
     if val_texts and val_labels:
         val_set = _RowsDataset(method.features(val_texts, val_labels))
-    processes = process_state().num_processes
+    processes = process_state(settings.device).num_processes
     # Rows per optimizer step over every process: `--max-steps` and epochs count global batches.
     per_step = settings.batch_size * settings.gradient_accumulation * processes
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
     total_steps = settings.max_steps or math.ceil(steps_per_epoch * settings.epochs)
     eval_every = min(steps_per_epoch, total_steps)
-    use_cpu = not torch.cuda.is_available()
+    # The Trainer runs where the backbone was loaded (``--device``), never on a device of its own.
+    use_cpu = method.backbone.device.type == "cpu"
     args = TrainingArguments(
         output_dir=str(work_dir),
         per_device_train_batch_size=settings.batch_size,
@@ -335,8 +351,18 @@ def fit(
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(_CompactProgress())
+    base_model = method.backbone.model
+    if settings.gradient_checkpointing:
+        # Set on the base model, not through TrainingArguments: the Trainer would call it on the
+        # method object, which is not a transformers model. Non-reentrant checkpointing computes
+        # the LoRA gradients although the frozen embeddings' outputs need no gradient.
+        base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=checkpoint)
+    try:
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        if settings.gradient_checkpointing:
+            base_model.gradient_checkpointing_disable()  # a shared backbone goes back as it was
     seconds = time.perf_counter() - started
     method.eval()
     first_step = 0

@@ -4,8 +4,8 @@ A guard can score well overall and still fail a whole kind of text (greetings, w
 passwords, business e-mail). Each group is scored by the same functions as the whole file
 (:func:`single_label_metrics`, :func:`multi_label_metrics`, unknown categories masked alike); a group
 keeps accuracy (exact match for multi-label tasks), F1 (for single-label tasks the mean F1 of the
-labels the group holds in truth, for multi-label tasks micro-F1), each gold label's recall, and the false-positive rate: the share of rows that flag
-nothing in truth but are flagged.
+labels the group holds in truth, for multi-label tasks micro-F1), each gold label's recall, and the
+false-positive rate: the share of rows that flag nothing in truth but are flagged.
 """
 
 from __future__ import annotations

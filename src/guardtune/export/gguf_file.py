@@ -217,7 +217,7 @@ def write_gguf(merged: MergedModel, out: Path, outtype: OutType = "f16", overwri
     if arch is None:
         raise GuardtuneError(
             f"--format gguf: model_type {config.model_type!r} of base {merged.manifest.base} is not "
-            f"supported (supported: {', '.join(ARCHITECTURES)})"
+            f"supported (this writer covers {', '.join(ARCHITECTURES)}); use --format merged"
         )
     problems = llama_cpp_problems(config)
     if problems:

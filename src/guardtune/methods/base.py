@@ -121,3 +121,10 @@ class PromptMethod(LoraMethod):
 
     def prefix_state(self) -> PrefixState:
         return cached_prefix(self)
+
+    def save(self, directory: Path) -> None:
+        super().save(directory)
+        # Reading the state dict makes bitsandbytes' CPU backend unpack k-bit weights (repacked on
+        # the next pass), which moved a prefix cache filled before the save 2e-4 away from what a
+        # reload computes; refilling it on the next use costs one pass over the prefix.
+        self._prefix = None

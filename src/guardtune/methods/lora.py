@@ -15,8 +15,19 @@ from torch import nn
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 
-# Attention and MLP projections in Llama-style decoders (Gemma, Llama, Qwen, Mistral, Phi-3).
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Attention and MLP projections of Llama-style decoders (Gemma, Llama, Qwen, Mistral), plus Phi-3's
+# fused ``qkv_proj`` and ``gate_up_proj``: without those, LoRA on Phi-3 reached only o_proj and down_proj.
+DEFAULT_TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "qkv_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "gate_up_proj",
+    "down_proj",
+]
 
 
 @dataclass

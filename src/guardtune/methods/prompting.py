@@ -47,6 +47,10 @@ class PromptEncoder:
     # The same prompt as text (``bos`` token included), for exports that template it elsewhere.
     text_before: str = ""
     text_after: str = ""
+    # Whitespace that ends the text before the message ("[INST] " in Mistral's template), tokenized
+    # with the message: byte-level BPE merges it into the message's first word, so a prefix that
+    # kept it as its own token gave ids no server tokenizing the rendered chat would see.
+    lead: str = ""
 
     @classmethod
     def for_task(cls, task: TaskSpec, tokenizer: Any, max_length: int) -> PromptEncoder:
@@ -65,7 +69,9 @@ class PromptEncoder:
         else:
             answer_prefix = " "
             bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        prefix = bos + tokenizer(before, add_special_tokens=False)["input_ids"]
+        stem = before.rstrip()
+        lead = before[len(stem) :]
+        prefix = bos + tokenizer(stem, add_special_tokens=False)["input_ids"]
         suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
         if len(prefix) + len(suffix) + 4 > max_length:
             raise GuardtuneError(
@@ -73,12 +79,12 @@ class PromptEncoder:
                 f"for max length {max_length} (raise --max-length)"
             )
         bos_text = tokenizer.bos_token if bos else ""
-        return cls(prefix, suffix, tokenizer, max_length, answer_prefix, bos_text + before, after)
+        return cls(prefix, suffix, tokenizer, max_length, answer_prefix, bos_text + before, after, lead)
 
     def encode(self, texts: list[str], reserve: int = 0) -> list[list[int]]:
         """Prompt token ids per text, leaving ``reserve`` tokens of room for an answer."""
         budget = self.max_length - len(self.prefix) - len(self.suffix) - reserve
-        bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        bodies = self.tokenizer([self.lead + text for text in texts], add_special_tokens=False)["input_ids"]
         return [self.prefix + head_and_tail(list(body), max(budget, 1)) + self.suffix for body in bodies]
 
     def answer_ids(self, answer: str) -> list[int]:

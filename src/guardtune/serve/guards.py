@@ -72,12 +72,13 @@ def _base_key(base: str) -> str:
     return str(path.resolve()) if path.exists() else base
 
 
-def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]:
+def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto") -> dict[str, Guard]:
     """Load every guard; guards trained on the same base share one copy of its weights.
 
     Args:
         specs: guard name -> model directory.
         dtype: ``auto``, ``bf16`` or ``fp32`` for the base models.
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
         GuardtuneError: a directory is not a model, or its base cannot be loaded.
@@ -88,15 +89,20 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]
     backbones: dict[str, Backbone] = {}
     guards = {}
     for name, directory in specs.items():
-        key = _base_key(manifests[name].base)
+        # A quantised base is another copy of the weights: guards share it only with their kind.
+        quantize = manifests[name].training.get("quantize")
+        key = f"{_base_key(manifests[name].base)}#{quantize or 'full'}"
         if key not in backbones:
-            backbones[key] = load_backbone(manifests[name].base, dtype=dtype)
+            backbones[key] = load_backbone(
+                manifests[name].base, dtype=dtype, device=device, quantize=quantize
+            )
         backbone = backbones[key]
         classifier = Classifier.load(directory, backbone=backbone, adapter_name=name)
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
     for backbone in backbones.values():
         hosted = [g for g in guards.values() if g.backbone is backbone]
-        if len(hosted) == 1 and backbone.dtype == torch.float32:
+        # Not into k-bit weights: merging re-quantises them (see Classifier.load).
+        if len(hosted) == 1 and backbone.dtype == torch.float32 and backbone.quantize is None:
             merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
     return guards
 
