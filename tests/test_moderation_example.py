@@ -290,3 +290,26 @@ def test_a_target_whose_rows_are_absent_is_not_measured(report: ModuleType) -> N
     for name in ("ConvAbuse AUPRC", "phtest_harmless FPR (random test split)"):
         assert (checked[name]["value"], checked[name]["met"], checked[name]["gap"]) == (None, None, None)
     assert "| ConvAbuse AUPRC | >= 0.80 | - | - | - | - |" in report.targets_table(list(checked.values()))
+
+
+def test_a_source_cap_of_its_own_overrides_the_cap(prepare: ModuleType) -> None:
+    rows = made_up_train()  # 8 rows per source and label (5 personas)
+    capped = prepare.cap_rows(rows, cap=3, seed=0, source_caps={"harmbench": 6, "nq_open_dev": 0})
+    assert capped["source"].value_counts().to_dict() == {
+        "harmbench": 6,
+        "nq_open_dev": 8,
+        "stormfront": 3,
+        "awesome_chatgpt_prompts": 3,
+    }
+    assert capped.index.is_monotonic_increasing
+    assert prepare.cap_rows(rows, cap=0, seed=0).equals(rows)
+    known = set(rows["source"])
+    assert prepare.parse_source_caps(" harmbench=6, nq_open_dev=0 ", known) == {
+        "harmbench": 6,
+        "nq_open_dev": 0,
+    }
+    assert prepare.parse_source_caps("", known) == {}
+    with pytest.raises(SystemExit, match="unknown source 'harmbnch'"):
+        prepare.parse_source_caps("harmbnch=6", known)
+    with pytest.raises(SystemExit, match="'harmbench=lots': expected SOURCE=N"):
+        prepare.parse_source_caps("harmbench=lots", known)

@@ -4,7 +4,7 @@ Runs the data folder's own ``build.py`` (standard library; ``--extra --drop-nois
 default sources and the 7 optional ones), drops Davidson's "offensive" tweets and HateXplain's
 "offensive" posts (profanity is not a harm category of the OpenAI moderation API, and treating
 it as unsafe flags swearing everywhere; ``--offensive unsafe`` keeps them), caps every source and
-label at ``--cap`` rows,
+label at ``--cap`` rows (``--source-cap`` sets some sources' own),
 maps every source's harm categories onto guardtune's ``moderation`` categories (the one place
 this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
 adds to the training split harmful and benign requests wrapped in role-play personas
@@ -172,12 +172,34 @@ def build(data: Path, seed: int) -> pd.DataFrame:
         return pd.read_csv(out, keep_default_na=False, dtype=str)
 
 
-def cap_rows(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most ``cap`` rows per source and label, sampled with ``seed`` (0: keep everything)."""
-    if cap <= 0:
-        return rows
+def cap_rows(
+    rows: pd.DataFrame, cap: int, seed: int, source_caps: dict[str, int] | None = None
+) -> pd.DataFrame:
+    """At most ``cap`` rows per source and label, sampled with ``seed`` (0: keep everything).
+
+    ``source_caps`` gives some sources a cap of their own (0: all their rows), so a study can
+    sample more of a source, e.g. HateXplain's normal posts that quote or reclaim slurs.
+    """
+    caps = pd.Series([(source_caps or {}).get(source, cap) for source in rows["source"]], index=rows.index)
     shuffled = rows.sample(frac=1.0, random_state=seed)
-    return shuffled.groupby(["source", "label"], sort=False).head(cap).sort_index()
+    rank = shuffled.groupby(["source", "label"], sort=False).cumcount()
+    limit = caps.loc[shuffled.index]
+    return shuffled[(limit <= 0) | (rank < limit)].sort_index()
+
+
+def parse_source_caps(value: str, known: set[str]) -> dict[str, int]:
+    """``SOURCE=N,SOURCE=N`` as a dict; a malformed item or an unknown source stops the script."""
+    caps = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        source, _, number = item.partition("=")
+        if not number.strip().isdigit():
+            raise SystemExit(f"error: --source-cap {item!r}: expected SOURCE=N with N a whole number")
+        if source.strip() not in known:
+            raise SystemExit(
+                f"error: --source-cap: unknown source {source.strip()!r} (known: {sorted(known)})"
+            )
+        caps[source.strip()] = int(number)
+    return caps
 
 
 def persona_opening(prompt: str) -> str:
@@ -260,7 +282,10 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, required=True, help="the shared data/moderation folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
-    parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label")
+    parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label (0: all)")
+    parser.add_argument(
+        "--source-cap", default="", help="SOURCE=N,...: a cap of their own for some sources (0: all)"
+    )
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT), help="sources held out")
     parser.add_argument(
         "--offensive",
@@ -288,7 +313,7 @@ def main() -> None:
     rows = build(args.data, args.seed)
     if args.offensive == "drop":
         rows = rows[~(rows["source"].isin(OFFENSIVE_SOURCES) & (rows["category"] == "offensive"))]
-    rows = cap_rows(rows, args.cap, args.seed)
+    rows = cap_rows(rows, args.cap, args.seed, parse_source_caps(args.source_cap, set(rows["source"])))
     rows["categories"] = map_categories(rows)
     rows = rows[["text", "label", "categories", "source"]]
     held_out = [s.strip() for s in args.hold_out.split(",") if s.strip()]

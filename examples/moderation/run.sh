@@ -11,9 +11,11 @@ DATA=${1:?usage: run.sh PATH/TO/data/moderation [OUT_DIR]}
 OUT=${2:-runs/moderation}
 # Data (prepare.py)
 CAP=${CAP:-1500}                           # most rows per source and label
+SOURCE_CAPS=${SOURCE_CAPS:-}               # SOURCE=N,...: some sources' own caps (0: all rows)
 PERSONA_WRAPS=${PERSONA_WRAPS:-600}        # harmful and as many benign requests after a role-play persona
 PERSONA_SENTENCES=${PERSONA_SENTENCES:-600} # single benign sentences of role-play prompts
 # Training (guardtune train)
+BASE=${BASE:-gemma-3-270m}                 # the embedded default, or an HF model dir / .gguf file
 STEPS=${STEPS:-1000}                       # optimizer steps
 BATCH=${BATCH:-16}                         # rows per step
 MAX_LENGTH=${MAX_LENGTH:-64}               # tokens per read; longer texts are read in windows
@@ -26,9 +28,9 @@ SEED=${SEED:-0}                            # the rows sampled, the split, the au
 MAX_FPR=${MAX_FPR:-0.05}                   # the threshold: highest recall at this FPR on validation
 
 python examples/moderation/prepare.py --data "$DATA" --out "$OUT/data" --seed "$SEED" --cap "$CAP" \
-  --persona-wraps "$PERSONA_WRAPS" --persona-sentences "$PERSONA_SENTENCES"
+  --source-cap "$SOURCE_CAPS" --persona-wraps "$PERSONA_WRAPS" --persona-sentences "$PERSONA_SENTENCES"
 guardtune train --task moderation --train "$OUT/data/train.csv" --val "$OUT/data/val.csv" \
-  --out "$OUT/model" --max-steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" --lr "$LR" \
+  --out "$OUT/model" --base "$BASE" --max-steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" --lr "$LR" \
   --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" --lora-targets "$LORA_TARGETS" --seed "$SEED" --overwrite
 guardtune calibrate --model "$OUT/model" --data "$OUT/data/val.csv" --max-fpr "$MAX_FPR"
 for split in val test heldout; do
