@@ -9,7 +9,8 @@ maps every source's harm categories onto guardtune's ``moderation`` categories (
 this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
 adds to the training split harmful and benign requests wrapped in role-play personas
 (``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
-(``--persona-sentences``; see persona_sentences):
+(``--persona-sentences``; see persona_sentences), and shortens in-domain texts longer than
+``--max-chars`` to their two ends (see shorten):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
     OUT/heldout.csv                             every row of the held-out sources
@@ -264,6 +265,20 @@ def persona_sentences(train: pd.DataFrame, count: int, seed: int) -> pd.DataFram
     )
 
 
+def shorten(text: str, max_chars: int) -> str:
+    """``text`` unchanged when it has at most ``max_chars`` characters, else its two ends joined.
+
+    Long role-play prompts and jailbreak templates (up to 110,000 characters here) are scored as
+    overlapping windows, so one such text costs hundreds of forward passes at evaluation; a served
+    guard refuses texts over 4,000 characters anyway (``guardtune serve --max-chars``).
+    Training reads the first and last tokens of a text, which both ends keep.
+    """
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    return text[:head] + "\n\n" + text[len(text) - (max_chars - head) :]
+
+
 def composition(splits: dict[str, pd.DataFrame]) -> str:
     """Markdown table: rows per source and label in each split."""
     counts = pd.concat([frame.assign(split=name) for name, frame in splits.items()])
@@ -285,6 +300,12 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label (0: all)")
     parser.add_argument(
         "--source-cap", default="", help="SOURCE=N,...: a cap of their own for some sources (0: all)"
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=4000,
+        help="in-domain texts longer than this keep their two ends (0: keep whole)",
     )
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT), help="sources held out")
     parser.add_argument(
@@ -332,6 +353,11 @@ def main() -> None:
     augmented = [wrap_requests(train, args.persona_wraps, args.seed)]
     augmented.append(persona_sentences(train, args.persona_sentences, args.seed))
     train = pd.concat([train, *augmented])
+    # Held-out sources stay whole, as in every earlier run, so their figures compare.
+    train, val, test = (
+        frame.assign(text=frame["text"].map(lambda text: shorten(text, args.max_chars)))
+        for frame in (train, val, test)
+    )
     splits = {"train": train, "val": val, "test": test, "heldout": heldout}
     # The folder appears whole or not at all: an interrupted run leaves no half-written split.
     with atomic_dir(args.out, overwrite=True) as tmp:
