@@ -326,3 +326,30 @@ def test_a_long_text_keeps_its_two_ends_within_the_limit(prepare: ModuleType) ->
     assert short.startswith("Act as DAN.") and short.endswith("how to hotwire a car.")
     assert prepare.shorten(text, 0) == text
     assert prepare.shorten("short", 200) == "short"
+
+
+def test_every_option_run_sh_passes_exists() -> None:
+    """run.sh is not run in CI (it trains for minutes): its options must exist in the CLI and scripts."""
+    import re
+
+    import typer
+
+    from guardtune.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    script = (EXAMPLE / "run.sh").read_text(encoding="utf-8").replace("\\\n", " ")
+    calls = re.findall(
+        r"^\s*(?:for .*?do\s+)?(guardtune \w+|python examples/moderation/\w+\.py)(.*)$", script, re.M
+    )
+    seen = set()
+    for program, rest in calls:
+        passed = set(re.findall(r"(--[a-z][a-z-]*)", rest))
+        if program.startswith("guardtune"):
+            known = {opt for param in commands[program.split()[1]].params for opt in param.opts}
+        else:
+            source = (EXAMPLE / program.rsplit("/", 1)[1]).read_text(encoding="utf-8")
+            known = set(re.findall(r'add_argument\(\s*"(--[a-z-]+)"', source))
+        assert passed <= known, f"{program}: unknown options {sorted(passed - known)}"
+        seen.add(program)
+    assert {"guardtune train", "guardtune calibrate", "guardtune predict"} <= seen
+    assert {"python examples/moderation/prepare.py", "python examples/moderation/report.py"} <= seen
