@@ -107,6 +107,10 @@ def test_synth_train_eval_predict(
             ["train", "--task", "pii-intent", "--train", "x.csv", "--out", "m", "--epochs", "0"],
             "--epochs: expected a positive number",
         ),
+        (
+            ["train", "--task", "pii-intent", "--train", "x.csv", "--out", "m", "--lora-targets", " , "],
+            "--lora-targets: expected module names",
+        ),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(

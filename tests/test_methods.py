@@ -214,3 +214,23 @@ def test_length_bucketing_returns_results_in_input_order(trained) -> None:
     texts = ["gg", "whats ur number and email and address", "call me", "nice score on that map level ok"]
     one_by_one = np.concatenate([trained.classifier.predict_proba([t]) for t in texts])
     np.testing.assert_allclose(trained.classifier.predict_proba(texts, batch_size=2), one_by_one, atol=1e-5)
+
+
+def test_chosen_lora_targets_adapt_only_those_layers_and_a_wrong_name_is_listed(tiny_base: str) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    from guardtune.methods.lora import apply_lora
+
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    apply_lora(backbone, LoraSettings(r=2, target_modules=["q_proj", "v_proj"]))
+    assert backbone.peft_model is not None
+    adapted = {
+        name.rsplit(".", 1)[-1]
+        for name, module in backbone.peft_model.named_modules()
+        if isinstance(module, LoraLayer)
+    }
+    assert adapted == {"q_proj", "v_proj"}
+    # A chosen list must match in full: a typo names itself and what the model has.
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    with pytest.raises(GuardtuneError, match=r"\['q_prj'\] not found in .*its Linear layers are: .*q_proj"):
+        apply_lora(backbone, LoraSettings(r=2, target_modules=["q_prj", "v_proj"]))

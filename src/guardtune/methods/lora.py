@@ -86,6 +86,14 @@ def apply_lora(backbone: Backbone, settings: LoraSettings, adapter_name: str | N
     """
     present = set(linear_module_suffixes(backbone.model))
     targets = [t for t in settings.target_modules if t in present]
+    # The default list names every Llama-style projection and adapts those a model has; a list
+    # someone chose must match in full, or a typo would silently train fewer layers.
+    missing = [t for t in settings.target_modules if t not in present]
+    if missing and settings.target_modules != DEFAULT_TARGETS:
+        raise GuardtuneError(
+            f"LoRA target modules {missing} not found in {backbone.base}; "
+            f"its Linear layers are: {', '.join(sorted(present))}"
+        )
     if not targets:
         raise GuardtuneError(
             f"LoRA target modules {settings.target_modules} not found in {backbone.base}; "
