@@ -81,6 +81,19 @@ class ServeSettings:
             raise GuardtuneError("; ".join(problems))
 
 
+def unencodable(text: str) -> int | None:
+    """Index of the first character UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``).
+
+    JSON may escape such a character, but it is not valid Unicode text and the tokenizer raises on
+    it, so it is refused at the edge rather than reaching a micro-batch.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 class ApiError(Exception):
     """An error response in the OpenAI shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
@@ -321,6 +334,14 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
                 code="max_inputs",
             )
         for i, text in enumerate(texts):
+            bad = unencodable(text)
+            if bad is not None:
+                raise ApiError(
+                    422,
+                    f"{field}[{i}]: character {bad} is a lone surrogate (expected valid Unicode text)",
+                    param=field,
+                    code="invalid_text",
+                )
             if len(text) > settings.max_chars:
                 raise ApiError(
                     413,

@@ -1,0 +1,128 @@
+"""One bad input fails only itself: edge checks, and the micro-batcher scoring a failed batch again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from guardtune.api import train
+from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
+from guardtune.serve.batcher import MicroBatcher
+from guardtune.serve.guards import Guard
+from guardtune.serve.metrics import ServeMetrics
+from guardtune.task import load_task
+from guardtune.train import TrainSettings
+
+SETTINGS = ServeSettings(max_batch_size=32, max_wait_ms=50, max_queue=256, request_timeout_s=30)
+JSON = {"content-type": "application/json"}
+GOOD = ["whats ur number", "gg nice map", "call me at my street", "fun level win"]
+
+
+@pytest.fixture(scope="module")
+def guards(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("isolation") / "pii"
+    fast = TrainSettings(max_steps=5, batch_size=16, max_length=32, seed=3, dtype="fp32")
+    train(load_task("pii-intent"), toy_files["train"], out, base=tiny_base, settings=fast)
+    return load_guards({"pii": out}, dtype="fp32")
+
+
+def _burst(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[httpx.Response]:
+    async def run() -> list[httpx.Response]:
+        gate = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+
+            async def one(body: dict[str, Any]) -> httpx.Response:
+                # json.dumps escapes a lone surrogate as \\ud800 (httpx's json= cannot encode it).
+                content = json.dumps(body).encode()
+                async with gate:
+                    return await http.post("/v1/classify", content=content, headers=JSON)
+
+            return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+    return asyncio.run(run())
+
+
+def test_a_poisoned_burst_fails_only_the_poisoned_requests(guards: dict[str, Guard]) -> None:
+    # A lone surrogate is valid JSON but not valid Unicode: the tokenizer would raise on it.
+    bodies = [
+        {"model": "pii", "input": ["ok", "\ud800"] if i % 8 == 7 else GOOD[i % len(GOOD)]} for i in range(64)
+    ]
+    with BackgroundServer(create_app(guards, SETTINGS)) as server:
+        responses = _burst(server.url, bodies, concurrency=32)
+        assert httpx.get(server.url + "/healthz", trust_env=False).status_code == 200
+    for i, response in enumerate(responses):
+        if i % 8 == 7:
+            assert response.status_code == 422
+            error = response.json()["error"]
+            assert error["param"] == "input" and "input[1]: character 0 is a lone surrogate" in error["message"]
+        else:
+            assert response.status_code == 200, response.text
+
+
+class _Poisoned:
+    """A classifier that raises on any batch holding the word POISON, as a model bug would."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def predict_proba(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        if any("POISON" in text for text in texts):
+            raise ValueError("cannot score this batch")
+        return np.asarray(self.inner.predict_proba(texts, **kwargs))
+
+
+def test_an_error_inside_a_micro_batch_fails_only_its_own_request(guards: dict[str, Guard]) -> None:
+    real = guards["pii"]
+    poisoned = {"pii": Guard("pii", _Poisoned(real.classifier), real.backbone)}  # type: ignore[arg-type]
+    bodies = [{"model": "pii", "input": "POISON" if i % 8 == 7 else GOOD[i % len(GOOD)]} for i in range(64)]
+    app = create_app(poisoned, SETTINGS)
+    with BackgroundServer(app) as server:
+        responses = _burst(server.url, bodies, concurrency=32)
+        metrics = httpx.get(server.url + "/metrics", trust_env=False).text
+    statuses = [r.status_code for r in responses]
+    assert [s for i, s in enumerate(statuses) if i % 8 != 7] == [200] * 56
+    assert [s for i, s in enumerate(statuses) if i % 8 == 7] == [500] * 8
+    assert responses[7].json()["error"]["message"] == "model error: ValueError"
+    expected = real.classifier.predict_proba(GOOD)
+    for i, response in enumerate(responses):
+        if i % 8 != 7:
+            scores = response.json()["results"][0]["scores"]
+            np.testing.assert_allclose(list(scores.values()), expected[i % len(GOOD)], atol=1e-4)
+    retries = next(line for line in metrics.splitlines() if line.startswith("guardtune_batch_retries_total"))
+    assert float(retries.split()[-1]) >= 1  # the poisoned requests did share batches with good ones
+
+
+def test_the_batcher_retries_a_failed_batch_one_job_at_a_time() -> None:
+    calls: list[list[str]] = []
+
+    def score(_: str, texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        if "bad" in texts:
+            raise RuntimeError("tokenizer error")
+        return np.array([[float(len(t))] for t in texts])
+
+    batcher = MicroBatcher(score, max_batch_size=16, max_wait_ms=200, max_queue=16, metrics=ServeMetrics())
+
+    async def scenario() -> list[Any]:
+        batcher.start()
+        try:
+            jobs = [batcher.score("g", ["a", "bb"]), batcher.score("g", ["bad"]), batcher.score("g", ["ccc"])]
+            return list(await asyncio.gather(*jobs, return_exceptions=True))
+        finally:
+            await asyncio.to_thread(batcher.stop)
+
+    first, second, third = asyncio.run(scenario())
+    assert calls[0] == ["a", "bb", "bad", "ccc"]  # one micro-batch first
+    assert calls[1:] == [["a", "bb"], ["bad"], ["ccc"]]  # then each job alone
+    np.testing.assert_array_equal(first, [[1.0], [2.0]])
+    assert isinstance(second, RuntimeError)
+    np.testing.assert_array_equal(third, [[3.0]])
