@@ -60,7 +60,8 @@ def test_a_poisoned_burst_fails_only_the_poisoned_requests(guards: dict[str, Gua
         if i % 8 == 7:
             assert response.status_code == 422
             error = response.json()["error"]
-            assert error["param"] == "input" and "input[1]: character 0 is a lone surrogate" in error["message"]
+            assert error["param"] == "input"
+            assert "input[1]: character 0 is a lone surrogate" in error["message"]
         else:
             assert response.status_code == 200, response.text
 
