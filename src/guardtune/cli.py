@@ -185,6 +185,12 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    allow_missing_labels: Annotated[
+        bool,
+        typer.Option(
+            help="Train even if a label of a single-label task has no training rows (else an error)."
+        ),
+    ] = False,
 ) -> None:
     """Train a LoRA classifier and write its model directory."""
     from guardtune.api import train as train_model
@@ -215,6 +221,7 @@ def train(
         settings=settings,
         resume=resume,
         overwrite=overwrite,
+        allow_missing_labels=allow_missing_labels,
     )
     if not report.main_process:
         return  # under accelerate launch / torchrun the main process alone reports
