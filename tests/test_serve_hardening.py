@@ -1,18 +1,23 @@
-"""One bad input fails only itself: edge checks, and the micro-batcher scoring a failed batch again."""
+"""Serving hardening: one bad input fails only itself, OpenAI moderation shapes, the key from a file."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+from conftest import run_cli
+from openai import OpenAI
 
+import guardtune.serve
 from guardtune.api import train
-from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
+from guardtune.errors import GuardtuneError
+from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards, read_api_key
 from guardtune.serve.batcher import MicroBatcher
 from guardtune.serve.guards import Guard
 from guardtune.serve.metrics import ServeMetrics
@@ -127,3 +132,113 @@ def test_the_batcher_retries_a_failed_batch_one_job_at_a_time() -> None:
     np.testing.assert_array_equal(first, [[1.0], [2.0]])
     assert isinstance(second, RuntimeError)
     np.testing.assert_array_equal(third, [[3.0]])
+
+
+# --- OpenAI moderation shapes ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_guard_server(guards: dict[str, Guard]) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(guards, SETTINGS)) as running:
+        yield running
+
+
+def test_moderation_takes_text_parts_and_no_model_when_one_guard_is_loaded(
+    one_guard_server: BackgroundServer, guards: dict[str, Guard]
+) -> None:
+    client = OpenAI(base_url=one_guard_server.url + "/v1", api_key="unused", max_retries=0)
+    parts = [{"type": "text", "text": text} for text in GOOD]
+    response = client.moderations.create(input=parts)  # type: ignore[arg-type]
+    assert response.model == "pii" and len(response.results) == len(GOOD)
+    expected = guards["pii"].classifier.predict(GOOD)
+    for result, wanted in zip(response.results, expected, strict=True):  # type: ignore[arg-type]
+        scores = result.category_scores.model_dump(exclude_unset=True)
+        assert result.flagged == (wanted.label != "none")
+        assert scores["asking"] == pytest.approx(wanted.scores["asking"], abs=1e-4)
+    plain = client.moderations.create(input=GOOD[0])
+    single = plain.results[0].category_scores.model_dump(exclude_unset=True)
+    assert single == pytest.approx(
+        response.results[0].category_scores.model_dump(exclude_unset=True), abs=1e-4
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "status", "message"),
+    [
+        (
+            ["a text", {"type": "image_url", "image_url": {"url": "https://example.com/x.png"}}],
+            422,
+            "input[1]: 'image_url' parts are not supported; guards classify text",
+        ),
+        ([{"type": "text", "text": "ok"}, {"type": "text"}], 422, "input[1].text: expected a string"),
+        ([{"type": "text", "text": "ok"}, {"type": "audio", "audio": "..."}], 422, "input[1]: 'audio' parts"),
+        ([{"text": "no type"}], 422, "type"),
+    ],
+    ids=["image part", "text part without text", "unknown part type", "part without type"],
+)
+def test_moderation_refuses_parts_it_cannot_classify_naming_the_index(
+    one_guard_server: BackgroundServer, given: list[Any], status: int, message: str
+) -> None:
+    response = httpx.post(
+        one_guard_server.url + "/v1/moderations", json={"model": "pii", "input": given}, trust_env=False
+    )
+    assert response.status_code == status
+    assert message in response.json()["error"]["message"]
+    assert response.json()["error"]["param"].startswith("input")
+
+
+def test_moderation_without_model_on_a_server_with_several_guards_is_400_listing_them(
+    guards: dict[str, Guard],
+) -> None:
+    pii = guards["pii"]
+    two = {"pii": pii, "other": Guard("other", pii.classifier, pii.backbone)}
+    with BackgroundServer(create_app(two, SETTINGS)) as running:
+        response = httpx.post(running.url + "/v1/moderations", json={"input": "hi"}, trust_env=False)
+        named = httpx.post(
+            running.url + "/v1/moderations", json={"model": "other", "input": "hi"}, trust_env=False
+        )
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "message": "model: required when the server holds several guards (loaded: other, pii)",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_required",
+    }
+    assert named.status_code == 200 and named.json()["model"] == "other"
+
+
+# --- the API key from a file ------------------------------------------------------------------------
+
+
+def test_api_key_file_is_read_and_bad_files_get_one_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret\n")
+    assert read_api_key(key_file) == "s3cret"
+    for content, expected in (("", "the file is empty"), ("a\nb\n", "found more lines")):
+        key_file.write_text(content)
+        with pytest.raises(GuardtuneError, match=expected):
+            read_api_key(key_file)
+    with pytest.raises(GuardtuneError, match="absent: no such file"):
+        read_api_key(tmp_path / "absent")
+
+
+def test_serve_command_takes_the_key_from_a_file(
+    guards: dict[str, Guard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    directory = guards["pii"].classifier.directory
+    key_file = tmp_path / "key"
+    key_file.write_text("from-a-file\n")
+    served: list[Any] = []
+    monkeypatch.setattr(guardtune.serve, "run", lambda app, **_: served.append(app))
+    monkeypatch.delenv("GUARDTUNE_API_KEY", raising=False)
+    args = ["serve", "--model", f"pii={directory}", "--dtype", "fp32", "--api-key-file", key_file]
+    assert run_cli(monkeypatch, *args) == 0
+    assert served[0].state.settings.api_key == "from-a-file"
+    assert "(API key required)" in capsys.readouterr().out
+
+    monkeypatch.setenv("GUARDTUNE_API_KEY", "from-the-environment")
+    assert run_cli(monkeypatch, *args) == 1
+    assert "--api-key-file: give the key one way" in capsys.readouterr().err
