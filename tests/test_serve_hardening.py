@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import load_script, run_cli
 from openai import OpenAI
 
 import guardtune.serve
@@ -242,3 +242,30 @@ def test_serve_command_takes_the_key_from_a_file(
     monkeypatch.setenv("GUARDTUNE_API_KEY", "from-the-environment")
     assert run_cli(monkeypatch, *args) == 1
     assert "--api-key-file: give the key one way" in capsys.readouterr().err
+
+
+# --- the soak script, briefly: SIGTERM under load -------------------------------------------------
+
+
+def test_soak_script_briefly_no_unexpected_status_and_a_clean_sigterm(
+    guards: dict[str, Guard], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    benchmarks = Path(__file__).resolve().parent.parent / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # soak_serve imports bench_serve, its neighbour
+    soak = load_script(benchmarks / "soak_serve.py")
+    directory = guards["pii"].classifier.directory
+    args = ["--model", str(directory), "--minutes", "0.15", "--concurrency", "16", "--warmup-s", "3"]
+    result = soak.main([*args, "--dtype", "fp32", "--after-term-s", "1", "--json", str(tmp_path / "s.json")])
+    assert json.loads((tmp_path / "s.json").read_text()) == result
+    assert result["unexpected"] == {}
+    counts = result["status_counts"]
+    assert (
+        counts["valid"].get("200", 0) > 0
+        and counts["invalid"]
+        and counts["oversized"] == {"413": sum(counts["oversized"].values())}
+    )
+    term = result["sigterm"]
+    assert term["exit_code"] == 0 and term["in_flight_unfinished"] == 0
+    # Requests sent after SIGTERM are refused once uvicorn has seen it (within its 0.1 s tick).
+    assert term["sent_after"].get("ConnectError", 0) > 0 and term["last_served_ms_after_signal"] < 500
+    assert all(result["rss_mb"][k] > 0 for k in ("start", "after_warmup", "end"))
