@@ -7,11 +7,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
 import pytest
 from conftest import load_script, run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import OpenAI
 
 import guardtune.serve
@@ -269,3 +272,93 @@ def test_soak_script_briefly_no_unexpected_status_and_a_clean_sigterm(
     # Requests sent after SIGTERM are refused once uvicorn has seen it (within its 0.1 s tick).
     assert term["sent_after"].get("ConnectError", 0) > 0 and term["last_served_ms_after_signal"] < 500
     assert all(result["rss_mb"][k] > 0 for k in ("start", "after_warmup", "end"))
+
+
+# --- fuzz every route with random text ------------------------------------------------------------
+
+FUZZ_LIMITS = ServeSettings(
+    max_chars=300, max_inputs=8, max_body_bytes=50_000, max_new_tokens=3, max_wait_ms=1
+)
+text = st.one_of(
+    st.text(max_size=60),
+    st.text(alphabet=st.characters(codec=None, categories=["Cs"]), min_size=1, max_size=3),
+    st.text(alphabet=st.characters(max_codepoint=0x1F), max_size=20),
+    st.sampled_from(
+        ["", " ", "\x00" * 50, "\u202e\ufeff", "\u0300" * 200, "😀" * 150, "x" * 301, "y" * 60_000]
+    ),
+)
+texts_or_parts = st.one_of(
+    text,
+    st.lists(text, max_size=10),
+    st.lists(
+        st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", ""]), "text": text}), max_size=4
+    ),
+)
+model_name = st.one_of(st.just("pii"), text)
+requests = st.one_of(
+    st.tuples(st.just("/v1/classify"), st.fixed_dictionaries({"model": model_name, "input": texts_or_parts})),
+    st.tuples(
+        st.just("/v1/moderations"),
+        st.fixed_dictionaries({"input": texts_or_parts}, optional={"model": model_name}),
+    ),
+    st.tuples(
+        st.just("/v1/chat/completions"),
+        st.fixed_dictionaries(
+            {
+                "model": model_name,
+                "messages": st.lists(
+                    st.fixed_dictionaries(
+                        {"role": st.sampled_from(["user", "system", "x"]), "content": text}
+                    ),
+                    max_size=3,
+                ),
+            }
+        ),
+    ),
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(guards: dict[str, Guard]) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(guards, FUZZ_LIMITS)) as running:
+        yield running
+
+
+def _one_line_error_or_ok(response: httpx.Response) -> None:
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        message = response.json()["error"]["message"]
+        assert isinstance(message, str) and message and "\n" not in message
+
+
+def test_fuzzed_bodies_on_every_post_route_get_200_or_a_one_line_4xx(fuzz_server: BackgroundServer) -> None:
+    with httpx.Client(base_url=fuzz_server.url, trust_env=False, timeout=60) as http:
+
+        @settings(max_examples=150, derandomize=True, deadline=None, database=None)
+        @given(request=requests)
+        def check(request: tuple[str, dict[str, Any]]) -> None:
+            path, body = request
+            # ensure_ascii escapes lone surrogates, as a client's JSON encoder would
+            _one_line_error_or_ok(http.post(path, content=json.dumps(body).encode(), headers=JSON))
+
+        check()
+        assert http.get("/healthz").status_code == 200
+
+
+def test_fuzzed_paths_and_raw_bodies_get_4xx(fuzz_server: BackgroundServer) -> None:
+    with httpx.Client(base_url=fuzz_server.url, trust_env=False, timeout=60) as http:
+
+        @settings(max_examples=80, derandomize=True, deadline=None, database=None)
+        @given(
+            path=st.text(max_size=30).map(lambda p: "/" + quote(p, safe="")),
+            route=st.sampled_from(["/v1/classify", "/v1/moderations", "/v1/chat/completions", "/v1/models"]),
+            raw=st.binary(max_size=200),
+        )
+        def check(path: str, route: str, raw: bytes) -> None:
+            _one_line_error_or_ok(http.get(path))
+            response = http.post(route, content=raw, headers=JSON)
+            _one_line_error_or_ok(response)
+            assert response.status_code >= 400
+
+        check()
+        assert http.get("/healthz").status_code == 200
