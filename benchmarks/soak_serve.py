@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+from bench_predict import proc_status_mb
 from bench_serve import free_port, percentiles, quick_guard, start_server
 
 from guardtune.data.synth import generate
@@ -56,12 +57,7 @@ class Outcome(NamedTuple):
 
 def rss_mb(pid: int) -> float | None:
     """A process's resident set size now (Linux ``VmRSS``) in MB, or None without /proc."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), None)
-    return None if kb is None else kb / 1024
+    return proc_status_mb("VmRSS", pid)
 
 
 def make_request(rng: random.Random, texts: list[str]) -> tuple[str, str, bytes, float | None]:
