@@ -257,7 +257,7 @@ def test_soak_script_briefly_no_unexpected_status_and_a_clean_sigterm(
     monkeypatch.syspath_prepend(str(benchmarks))  # soak_serve imports bench_serve, its neighbour
     soak = load_script(benchmarks / "soak_serve.py")
     directory = guards["pii"].classifier.directory
-    args = ["--model", str(directory), "--minutes", "0.15", "--concurrency", "16", "--warmup-s", "3"]
+    args = ["--model", str(directory), "--minutes", "0.1", "--concurrency", "16", "--warmup-s", "2"]
     result = soak.main([*args, "--dtype", "fp32", "--after-term-s", "1", "--json", str(tmp_path / "s.json")])
     assert json.loads((tmp_path / "s.json").read_text()) == result
     assert result["unexpected"] == {}
