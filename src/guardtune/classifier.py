@@ -84,7 +84,7 @@ class Classifier:
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
-        # Every file is checked before the base loads, so a broken directory fails fast.
+        # An unknown method or a bad calibration.json fails before the base loads (seconds to minutes).
         method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None

@@ -16,9 +16,9 @@ from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError, one_line
 from guardtune.modeldir import read_json_object, tensor_shapes
 
-# Attention and MLP projections in Llama-style decoders (Gemma, Llama, Qwen, Mistral, Phi-3).
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Attention and MLP projections in Llama-style decoders (Gemma, Llama, Qwen, Mistral, Phi-3).
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
