@@ -72,14 +72,20 @@ RESULT_KEYS = (
 # -- shared helpers -----------------------------------------------------------------------------
 
 
-def vm_hwm_mb(pid: int | str = "self") -> float | None:
-    """A process's peak resident set size so far (Linux ``VmHWM``) in MB, or None without /proc."""
+def proc_status_mb(key: str, pid: int | str = "self") -> float | None:
+    """A memory figure of a process from Linux ``/proc/PID/status`` (``VmHWM``, ``VmRSS``) in MB,
+    or None without /proc."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), None)
+    kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith(f"{key}:")), None)
     return None if kb is None else kb / 1024
+
+
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """A process's peak resident set size so far (Linux ``VmHWM``) in MB, or None without /proc."""
+    return proc_status_mb("VmHWM", pid)
 
 
 def peak_rss_mb() -> float:

@@ -101,29 +101,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_server(model: Path, port: int, options: list[str]) -> subprocess.Popen:
+    """``guardtune serve`` on 127.0.0.1:``port`` in a subprocess, returned once /healthz says ok.
+
+    Its log goes to a temporary file, not a pipe: a pipe nobody reads fills up and stalls the server.
+    """
+    command = [sys.executable, "-m", "guardtune", "serve", "--model", f"guard={model}", "--port", str(port)]
+    env = {k: v for k, v in os.environ.items() if k != "GUARDTUNE_API_KEY"}
+    log = tempfile.TemporaryFile()  # noqa: SIM115  # the server writes to it for its whole life
+    server = subprocess.Popen([*command, *options], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"server exited: {log.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", trust_env=False, timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit("server did not start in 300 s")
+        time.sleep(0.5)
+
+
 def served(model: Path, texts: list[str], levels: list[int], n: int, args: argparse.Namespace) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable, "-m", "guardtune", "serve", "--model", f"guard={model}", "--port", str(port),
+    options = [
         "--dtype", args.dtype, "--max-batch-size", str(args.max_batch_size),
         "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "1024",
     ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k != "GUARDTUNE_API_KEY"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = start_server(model, port, options)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-            try:
-                if httpx.get(url + "/healthz", trust_env=False, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server did not start in 300 s")
-            time.sleep(0.5)
         rows = []
         for concurrency in levels:
             wall, latencies, errors = asyncio.run(load(url, texts, concurrency, n))

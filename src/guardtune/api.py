@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from tqdm.auto import tqdm
 from transformers import set_seed
 from transformers.utils import logging as hf_logging
@@ -19,6 +20,7 @@ from transformers.utils import logging as hf_logging
 from guardtune.atomic import atomic_dir
 from guardtune.backbone import DEFAULT_BASE, Backbone, load_backbone, resolve_device
 from guardtune.classifier import Classifier, Prediction
+from guardtune.data.checks import check_training_labels
 from guardtune.data.readers import Examples, iter_examples, label_counts, load_examples, soft_label_columns
 from guardtune.data.splits import stratified_split
 from guardtune.data.writers import ChunkedTableWriter, predictions_frame, write_table
@@ -72,6 +74,8 @@ class TrainReport:
     counts: dict[str, dict[str, int]]
     val_metrics: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # Problems with the training data that did not stop training (printed as training starts).
+    warnings: list[str] = field(default_factory=list)
     # False on the other processes of a multi-process run: they train but write and report nothing.
     main_process: bool = True
 
@@ -91,6 +95,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     backbone: Backbone | None = None,
+    allow_missing_labels: bool = False,
 ) -> TrainReport:
     """Train a classifier and write its model directory.
 
@@ -105,9 +110,12 @@ def train(
         resume: continue from the newest checkpoint of an interrupted run into the same ``out``.
         overwrite: replace ``out`` if it exists.
         backbone: an already loaded base model to train on.
+        allow_missing_labels: train a single-label task even when some labels have no rows
+            (a warning instead of an error).
 
     Raises:
-        GuardtuneError: bad data, task or settings, each in one line.
+        GuardtuneError: bad data, task or settings, each in one line; a single-label task whose
+            training rows miss a label (unless ``allow_missing_labels``).
     """
     from guardtune.train import TrainSettings, fit, process_state
 
@@ -120,6 +128,8 @@ def train(
     if backbone is None:
         resolve_device(settings.device)  # a missing GPU fails here, before data and processes
     train_rows = load_examples(train_path, spec)
+    assert train_rows.labels is not None
+    data_warnings = check_training_labels(spec, train_rows.labels, str(train_path), allow_missing_labels)
     notes = []
     if val_path is not None:
         val_rows: Examples | None = load_examples(val_path, spec)
@@ -138,6 +148,9 @@ def train(
     state = process_state(settings.device)
     if not state.is_main_process:
         hf_logging.disable_progress_bar()  # one set of loading bars, the main process's
+    else:
+        for warning in data_warnings:
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if state.is_main_process and work_dir.exists() and not resume:
         shutil.rmtree(work_dir)
     state.wait_for_everyone()
@@ -180,7 +193,7 @@ def train(
     classifier = Classifier(model, manifest)
     if not state.is_main_process:
         state.wait_for_everyone()  # returns once the main process has written the model directory
-        return TrainReport(classifier, out, result, counts, None, notes, main_process=False)
+        return TrainReport(classifier, out, result, counts, None, notes, data_warnings, main_process=False)
     val_metrics = None
     if val_rows is not None and val_rows.labels is not None:
         val_metrics = score_examples(classifier, val_rows)[0]
@@ -191,7 +204,7 @@ def train(
     shutil.rmtree(work_dir, ignore_errors=True)
     classifier.directory = out
     state.wait_for_everyone()
-    return TrainReport(classifier, out, result, counts, val_metrics, notes)
+    return TrainReport(classifier, out, result, counts, val_metrics, notes, data_warnings)
 
 
 def _hold_out(rows: Examples, seed: int) -> tuple[Examples, Examples]:

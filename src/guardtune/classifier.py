@@ -17,7 +17,7 @@ from guardtune.eval.calibration import Calibration, calibrated_task, read_calibr
 from guardtune.infer import predict_scores
 from guardtune.methods import get_method
 from guardtune.methods.lora import merge_for_inference
-from guardtune.modeldir import Manifest, read_manifest
+from guardtune.modeldir import MANIFEST, Manifest, read_manifest
 from guardtune.task import TaskSpec
 
 
@@ -88,11 +88,12 @@ class Classifier:
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
+        # An unknown method or a bad calibration.json fails before the base loads (seconds to minutes).
+        method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None
         quantize = manifest.training.get("quantize")
         backbone = backbone or load_backbone(manifest.base, dtype=dtype, device=device, quantize=quantize)
-        method_cls = get_method(manifest.method)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )

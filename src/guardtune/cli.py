@@ -191,6 +191,12 @@ def train(
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    allow_missing_labels: Annotated[
+        bool,
+        typer.Option(
+            help="Train even if a label of a single-label task has no training rows (else an error)."
+        ),
+    ] = False,
 ) -> None:
     """Train a LoRA classifier and write its model directory."""
     from guardtune.api import train as train_model
@@ -232,6 +238,7 @@ def train(
         settings=settings,
         resume=resume,
         overwrite=overwrite,
+        allow_missing_labels=allow_missing_labels,
     )
     if not report.main_process:
         return  # under accelerate launch / torchrun the main process alone reports
@@ -489,13 +496,27 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
     timeout: Annotated[float, typer.Option(help="Seconds before a waiting request gets 504.")] = 30.0,
     max_new_tokens: Annotated[int, typer.Option(help="Cap on tokens per chat reply.")] = 64,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(help="Require the bearer key in this file on every route but /healthz."),
+    ] = None,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="GUARDTUNE_API_KEY", help="Require this bearer key on every route but /healthz."),
+        typer.Option(
+            envvar="GUARDTUNE_API_KEY",
+            help="The key itself (visible in ps; prefer GUARDTUNE_API_KEY or --api-key-file).",
+        ),
     ] = None,
 ) -> None:
     """Serve guards over HTTP: /v1/classify, /v1/moderations, /v1/chat/completions, /metrics."""
-    from guardtune.serve import ServeSettings, create_app, load_guards, parse_model_spec, run
+    from guardtune.serve import ServeSettings, create_app, load_guards, parse_model_spec, read_api_key, run
+
+    if api_key_file is not None:
+        if api_key is not None:
+            raise GuardtuneError(
+                "--api-key-file: give the key one way (the file, --api-key or GUARDTUNE_API_KEY)"
+            )
+        api_key = read_api_key(api_key_file)
 
     settings = ServeSettings(
         max_batch_size=max_batch_size,

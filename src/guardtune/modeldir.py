@@ -9,6 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
 from guardtune.errors import GuardtuneError
 from guardtune.task import TaskSpec, task_from_dict
 
@@ -56,11 +60,61 @@ class Manifest:
         (directory / MANIFEST).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model file holding one JSON object, or a one-line error naming the file.
+
+    Raises:
+        GuardtuneError: missing, unreadable, not UTF-8, not JSON (a file cut short), or not an object.
+    """
+    if not path.is_file():
+        raise GuardtuneError(f"{path}: missing (expected a JSON file in the model directory)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GuardtuneError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise GuardtuneError(f"{path}: not UTF-8 text (byte {exc.start}); expected JSON") from exc
+    except json.JSONDecodeError as exc:
+        raise GuardtuneError(f"{path}: not valid JSON ({exc}); is the file complete?") from exc
+    if not isinstance(raw, dict):
+        raise GuardtuneError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors model file, or a one-line error naming the file.
+
+    Raises:
+        GuardtuneError: missing, unreadable, or not a complete safetensors file.
+    """
+    if not path.is_file():
+        raise GuardtuneError(f"{path}: missing (expected a safetensors file in the model directory)")
+    try:
+        return load_file(str(path), device=device)
+    except OSError as exc:
+        raise GuardtuneError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except SafetensorError as exc:
+        raise GuardtuneError(f"{path}: not a complete safetensors file ({exc}); is it cut short?") from exc
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in a safetensors file, read from its header only."""
+    if not path.is_file():
+        raise GuardtuneError(f"{path}: missing (expected a safetensors file in the model directory)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+    except OSError as exc:
+        raise GuardtuneError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except SafetensorError as exc:
+        raise GuardtuneError(f"{path}: not a complete safetensors file ({exc}); is it cut short?") from exc
+
+
 def read_manifest(directory: str | Path) -> Manifest:
     """Read and check ``guardtune.json`` from a model directory.
 
     Raises:
-        GuardtuneError: not a model directory, unreadable JSON, or missing keys.
+        GuardtuneError: not a model directory, unreadable JSON, or missing or mistyped keys.
     """
     directory = Path(directory)
     path = directory / MANIFEST
@@ -70,13 +124,25 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise GuardtuneError(
             f"{directory}: not a guardtune model directory (no {MANIFEST}; train one with `guardtune train`)"
         )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GuardtuneError(f"{path}: not valid JSON ({exc})") from exc
+    raw = read_json_object(path)
     missing = [k for k in ("task", "method", "base", "max_length", "lora") if k not in raw]
     if missing:
         raise GuardtuneError(f"{path}: missing keys {missing}")
+    problems = [
+        f"key {key!r}: expected {kind.__name__ if kind is not int else 'an integer'}, "
+        f"found {type(raw[key]).__name__}"
+        for key, kind in (("method", str), ("base", str), ("max_length", int), ("lora", dict))
+        if not isinstance(raw[key], kind) or isinstance(raw[key], bool)
+    ]
+    problems += [
+        f"key {key!r}: expected an object, found {type(raw[key]).__name__}"
+        for key in ("training", "versions")
+        if not isinstance(raw.get(key, {}), dict)
+    ]
+    if not isinstance(raw.get("format_version", 0), int):
+        problems.append(f"key 'format_version': expected an integer, found {raw['format_version']!r}")
+    if problems:
+        raise GuardtuneError(f"{path}: " + "; ".join(problems))
     found_version = int(raw.get("format_version", 0))
     if found_version > FORMAT_VERSION:
         warnings.warn(
@@ -86,9 +152,9 @@ def read_manifest(directory: str | Path) -> Manifest:
         )
     return Manifest(
         task=task_from_dict(raw["task"], source=f"{path}: task"),
-        method=str(raw["method"]),
-        base=str(raw["base"]),
-        max_length=int(raw["max_length"]),
+        method=raw["method"],
+        base=raw["base"],
+        max_length=raw["max_length"],
         lora=dict(raw["lora"]),
         training=dict(raw.get("training", {})),
         versions=dict(raw.get("versions", {})),

@@ -146,12 +146,25 @@ def _jsonl_chunks(path: Path, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
                 raise GuardtuneError(f"{path}: line {number}: not valid JSON ({exc.msg})") from exc
             if not isinstance(record, dict):
                 raise GuardtuneError(f"{path}: line {number}: expected a JSON object per line")
+            if "\\ud" in line.lower():  # only an escape can smuggle in a lone surrogate
+                _check_unicode(record, path, number)
             records.append(record)
             if chunk_rows is not None and len(records) >= chunk_rows:
                 yield pd.DataFrame.from_records(records)
                 records = []
     if records:
         yield pd.DataFrame.from_records(records)
+
+
+def _check_unicode(record: dict[str, Any], path: Path, number: int) -> None:
+    """Refuse a JSON escape of a lone surrogate (``"\\ud800"``): valid JSON, not valid Unicode."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GuardtuneError(
+            f"{path}: line {number}: a lone surrogate escape ({exc.object[exc.start]!r}) is not valid "
+            "Unicode text"
+        ) from exc
 
 
 def _missing_column(path: Path, column: str, frame: pd.DataFrame, role: str) -> GuardtuneError:

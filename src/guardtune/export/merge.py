@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from guardtune.backbone import load_backbone
 from guardtune.methods import get_method
-from guardtune.modeldir import Manifest, read_manifest
+from guardtune.modeldir import MANIFEST, Manifest, read_manifest
 
 
 @dataclass
@@ -36,8 +36,9 @@ def merge_model(directory: str | Path) -> MergedModel:
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
+    method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
     backbone = load_backbone(manifest.base, dtype="fp32")
-    method = get_method(manifest.method).load(directory, backbone, manifest.task, manifest.max_length)
+    method = method_cls.load(directory, backbone, manifest.task, manifest.max_length)
     method.eval()
     with torch.no_grad():
         model = backbone.peft_model.merge_and_unload()

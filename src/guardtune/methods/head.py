@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import DataCollatorWithPadding
 
@@ -28,6 +28,7 @@ from guardtune.methods.common import (
     single_label_loss,
 )
 from guardtune.methods.registry import register_method
+from guardtune.modeldir import read_tensors
 from guardtune.task import TaskSpec
 
 HEAD_FILE = "head.safetensors"
@@ -83,7 +84,7 @@ class HeadMethod(LoraMethod):
         cls, directory: Path, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int
     ) -> HeadMethod:
         """The method around a loaded adapter, with the head saved beside it."""
-        state = load_file(str(directory / HEAD_FILE), device=str(backbone.device))
+        state = read_tensors(directory / HEAD_FILE, device=str(backbone.device))
         method = cls(backbone, adapter_name, task, max_length, bias="bias" in state)
         expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}

@@ -29,6 +29,7 @@ from guardtune.methods.common import (
 )
 from guardtune.methods.prompting import PromptEncoder
 from guardtune.methods.registry import register_method
+from guardtune.modeldir import read_json_object
 from guardtune.task import TaskSpec
 
 LABEL_TOKENS_FILE = "label_tokens.json"
@@ -76,7 +77,7 @@ class LabelTokensMethod(PromptMethod):
     ) -> LabelTokensMethod:
         """The method around a loaded adapter, checked against the label tokens saved beside it."""
         method = cls(backbone, adapter_name, task, max_length)
-        saved = json.loads((directory / LABEL_TOKENS_FILE).read_text(encoding="utf-8"))
+        saved = read_json_object(directory / LABEL_TOKENS_FILE)
         if saved.get("token_ids") != method.label_ids:
             raise GuardtuneError(
                 f"{directory / LABEL_TOKENS_FILE}: label tokens {saved.get('token_ids')} differ from "

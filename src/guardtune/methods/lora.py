@@ -13,8 +13,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from guardtune.backbone import Backbone
-from guardtune.errors import GuardtuneError
+from guardtune.errors import GuardtuneError, one_line
+from guardtune.modeldir import read_json_object, tensor_shapes
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Attention and MLP projections of Llama-style decoders (Gemma, Llama, Qwen, Mistral), plus Phi-3's
 # fused ``qkv_proj`` and ``gate_up_proj``: without those, LoRA on Phi-3 reached only o_proj and down_proj.
 DEFAULT_TARGETS = [
@@ -116,14 +119,53 @@ def apply_lora(backbone: Backbone, settings: LoraSettings, adapter_name: str | N
 
 
 def load_lora(backbone: Backbone, directory: Path, adapter_name: str | None = None) -> str:
-    """Load a saved LoRA adapter onto the backbone, for inference; returns its name."""
-    name = _free_adapter_name(backbone, adapter_name)
-    if backbone.peft_model is None:
-        backbone.peft_model = PeftModel.from_pretrained(
-            backbone.model, str(directory), adapter_name=name, is_trainable=False
+    """Load a saved LoRA adapter onto the backbone, for inference; returns its name.
+
+    Raises:
+        GuardtuneError: ``adapter_config.json`` or ``adapter_model.safetensors`` missing, cut
+            short, not a LoRA adapter, or not fitting the base (one line, naming the file).
+    """
+    config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
+    raw = read_json_object(config_path)
+    if raw.get("peft_type") != "LORA":
+        found = raw.get("peft_type")
+        raise GuardtuneError(f"{config_path}: key 'peft_type': expected 'LORA', found {found!r}")
+    problems = [
+        f"key {key!r}: expected {expected}, found {raw.get(key)!r}"
+        for key, expected, ok in (
+            ("r", "a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+            ("lora_alpha", "a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool)),
+            ("target_modules", "a list of module names", lambda v: isinstance(v, list | str)),
         )
-    else:
-        backbone.peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+        if not ok(raw.get(key))
+    ]
+    if problems:
+        raise GuardtuneError(f"{config_path}: " + "; ".join(problems))
+    try:
+        LoraConfig.from_pretrained(str(directory))
+    except Exception as exc:  # PEFT raises TypeError / ValueError for bad values
+        raise GuardtuneError(f"{config_path}: not a valid LoRA config ({one_line(exc)})") from exc
+    shapes = tensor_shapes(weights_path)  # a file cut short fails here, before PEFT reads it
+    name = _free_adapter_name(backbone, adapter_name)
+    try:
+        if backbone.peft_model is None:
+            backbone.peft_model = PeftModel.from_pretrained(
+                backbone.model, str(directory), adapter_name=name, is_trainable=False
+            )
+        else:
+            backbone.peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+    except Exception as exc:  # size mismatches and the like, from torch's load_state_dict
+        reason = one_line(exc)
+        raise GuardtuneError(f"{weights_path}: does not fit the base {backbone.base} ({reason})") from exc
+    # PEFT loads with strict=False: tensors the file lacks would silently stay at their initial values.
+    layers = [m for m in backbone.peft_model.modules() if isinstance(m, LoraLayer) and name in m.lora_A]
+    expected = 2 * len(layers)
+    if len(shapes) != expected:
+        backbone.peft_model.delete_adapter(name)
+        raise GuardtuneError(
+            f"{weights_path}: holds {len(shapes)} tensors, expected {expected} "
+            f"(lora_A and lora_B for each target module in {ADAPTER_CONFIG})"
+        )
     backbone.peft_model.eval()
     return name
 
@@ -154,5 +196,5 @@ def save_lora(peft_model: PeftModel, adapter_name: str, directory: Path, base: s
     # The base's embeddings are frozen, so there is nothing of them to save.
     state = get_peft_model_state_dict(peft_model, adapter_name=adapter_name, save_embedding_layers=False)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config.save_pretrained(str(directory))

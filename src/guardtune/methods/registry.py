@@ -23,11 +23,12 @@ def register_method(name: str) -> Callable[[T], T]:
     return add
 
 
-def get_method(name: str) -> Any:
-    """The method class registered under ``name``."""
+def get_method(name: str, where: str = "--method") -> Any:
+    """The method class registered under ``name``; ``where`` names the source in the error
+    (the option, or a model's ``guardtune.json``)."""
     if name not in _METHODS:
         raise GuardtuneError(
-            f"--method: unknown method {name!r} (available: {', '.join(available_methods())})"
+            f"{where}: unknown method {name!r} (available: {', '.join(available_methods())})"
         )
     return _METHODS[name]
 

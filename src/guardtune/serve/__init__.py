@@ -5,7 +5,7 @@ Example:
     >>> app = create_app(load_guards({"pii": Path("runs/pii")}), ServeSettings(max_wait_ms=5))
 """
 
-from guardtune.serve.app import ServeSettings, create_app
+from guardtune.serve.app import ServeSettings, create_app, read_api_key
 from guardtune.serve.guards import Guard, load_guards, parse_model_spec
 from guardtune.serve.server import BackgroundServer, run
 
@@ -16,5 +16,6 @@ __all__ = [
     "create_app",
     "load_guards",
     "parse_model_spec",
+    "read_api_key",
     "run",
 ]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,6 +80,40 @@ class ServeSettings:
             problems.append("--api-key: expected a non-empty key")
         if problems:
             raise GuardtuneError("; ".join(problems))
+
+
+def read_api_key(path: Path) -> str:
+    """The API key in ``path`` (surrounding whitespace and the final newline dropped).
+
+    A key in a file stays out of ``ps`` and shell history, unlike ``--api-key KEY``.
+
+    Raises:
+        GuardtuneError: the file is missing, unreadable, empty or holds more than one line.
+    """
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise GuardtuneError(f"--api-key-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GuardtuneError(f"--api-key-file {path}: cannot read ({exc})") from exc
+    if not key:
+        raise GuardtuneError(f"--api-key-file {path}: the file is empty (expected the key on one line)")
+    if "\n" in key:
+        raise GuardtuneError(f"--api-key-file {path}: expected the key alone on one line, found more lines")
+    return key
+
+
+def unencodable(text: str) -> int | None:
+    """Index of the first character UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``).
+
+    JSON may escape such a character, but it is not valid Unicode text and the tokenizer raises on
+    it, so it is refused at the edge rather than reaching a micro-batch.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 class ApiError(Exception):
@@ -298,7 +333,17 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def guard_for(name: str) -> Guard:
+    def guard_for(name: str | None) -> Guard:
+        if name is None:
+            # OpenAI's moderation API treats the model as optional; with one guard it is unambiguous.
+            if len(guards) == 1:
+                return next(iter(guards.values()))
+            raise ApiError(
+                400,
+                f"model: required when the server holds several guards (loaded: {', '.join(sorted(guards))})",
+                param="model",
+                code="model_required",
+            )
         guard = guards.get(name)
         if guard is None:
             shown = name if len(name) <= 80 else name[:80] + "..."
@@ -321,6 +366,14 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
                 code="max_inputs",
             )
         for i, text in enumerate(texts):
+            bad = unencodable(text)
+            if bad is not None:
+                raise ApiError(
+                    422,
+                    f"{field}[{i}]: character {bad} is a lone surrogate (expected valid Unicode text)",
+                    param=field,
+                    code="invalid_text",
+                )
             if len(text) > settings.max_chars:
                 raise ApiError(
                     413,
@@ -328,6 +381,31 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
                     param=field,
                     code="max_chars",
                 )
+
+    def moderation_texts(given: str | list[str | schemas.InputPart]) -> list[str]:
+        """The texts of a moderation input: a string, strings, or ``{"type": "text"}`` parts."""
+        if isinstance(given, str):
+            return [given]
+        texts = []
+        for i, part in enumerate(given):
+            if isinstance(part, str):
+                texts.append(part)
+            elif part.type == "text" and part.text is not None:
+                texts.append(part.text)
+            elif part.type == "text":
+                raise ApiError(
+                    422, f"input[{i}].text: expected a string", param="input", code="invalid_value"
+                )
+            else:
+                kind = part.type if len(part.type) <= 40 else part.type[:40] + "..."
+                raise ApiError(
+                    422,
+                    f"input[{i}]: {kind!r} parts are not supported; guards classify text "
+                    '(send {"type": "text", "text": "..."})',
+                    param="input",
+                    code="unsupported_input_type",
+                )
+        return texts
 
     async def on_worker(awaitable: Awaitable[Any]) -> Any:
         try:
@@ -387,7 +465,7 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
         negative one, with ``flagged`` true when the policy picks a label other than it.
         """
         guard = guard_for(body.model)
-        texts = [body.input] if isinstance(body.input, str) else body.input
+        texts = moderation_texts(body.input)
         check_texts(texts, "input")
         scores, decided = await classify_texts(guard, texts)
         results = []

@@ -182,14 +182,30 @@ class MicroBatcher:
             self._metrics.batch_size.observe(sum(len(job.texts) for job in batch))
             self._metrics.batch_guards.observe(len(groups))
         for guard, jobs in groups.items():
-            texts = [text for job in jobs for text in job.texts]
-            try:
-                scores, error = self._score(guard, texts), None
-            except Exception as exc:
-                logger.exception("scoring failed for guard %s", guard)
-                scores, error = None, exc
-            start = 0
-            for job in jobs:
-                part = None if scores is None else scores[start : start + len(job.texts)]
-                start += len(job.texts)
-                job.loop.call_soon_threadsafe(_settle, job.future, part, error)
+            self._score_jobs(guard, jobs)
+
+    def _score_jobs(self, guard: str, jobs: list[_Job]) -> None:
+        """Score ``jobs`` together; if that raises, score each job alone so only the bad ones fail.
+
+        One request must not fail its neighbours: an input the tokenizer or model cannot take
+        would otherwise hand its exception to every job that happened to share the batch.
+        """
+        texts = [text for job in jobs for text in job.texts]
+        try:
+            scores = self._score(guard, texts)
+        except Exception as exc:
+            if len(jobs) > 1:
+                logger.warning("a batch of %d jobs for %s failed; scoring them one by one", len(jobs), guard)
+                if self._metrics is not None:
+                    self._metrics.batch_retries.inc()
+                for job in jobs:
+                    self._score_jobs(guard, [job])
+                return
+            logger.exception("scoring failed for guard %s", guard)
+            jobs[0].loop.call_soon_threadsafe(_settle, jobs[0].future, None, exc)
+            return
+        start = 0
+        for job in jobs:
+            part = scores[start : start + len(job.texts)]
+            start += len(job.texts)
+            job.loop.call_soon_threadsafe(_settle, job.future, part, None)

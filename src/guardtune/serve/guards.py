@@ -14,8 +14,9 @@ from transformers import GenerationConfig
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.classifier import Classifier
 from guardtune.errors import GuardtuneError
+from guardtune.methods import get_method
 from guardtune.methods.lora import merge_for_inference
-from guardtune.modeldir import read_manifest
+from guardtune.modeldir import MANIFEST, read_manifest
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -86,6 +87,8 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
     if not specs:
         raise GuardtuneError("--model: give at least one model directory (--model NAME=DIR)")
     manifests = {name: read_manifest(directory) for name, directory in specs.items()}
+    for name, directory in specs.items():  # an unknown method fails before any base loads
+        get_method(manifests[name].method, where=f"{directory / MANIFEST}: key 'method'")
     backbones: dict[str, Backbone] = {}
     guards = {}
     for name, directory in specs.items():

@@ -55,6 +55,12 @@ class ServeMetrics:
             registry=self.registry,
         )
 
+        self.batch_retries = Counter(
+            "guardtune_batch_retries",
+            "Micro-batches that raised and were scored again one request at a time.",
+            registry=self.registry,
+        )
+
     def track_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth from ``depth`` whenever metrics are scraped."""
         self.queue_depth.set_function(lambda: float(depth()))

@@ -27,9 +27,22 @@ class ClassifyResponse(BaseModel):
     results: list[ClassifyResult]
 
 
+class InputPart(BaseModel):
+    """One part of a multi-modal moderation input, as OpenAI's moderation models take them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description='"text" (an "image_url" part is refused: guards classify text).')
+    text: str | None = Field(default=None, description="The text of a text part.")
+
+
 class ModerationRequest(BaseModel):
-    model: str = Field(description="Name of a loaded guard.")
-    input: str | list[str]
+    model: str | None = Field(
+        default=None, description="Name of a loaded guard; optional when the server holds exactly one."
+    )
+    input: str | list[str | InputPart] = Field(
+        description='One text, a list of texts, or a list of parts such as {"type": "text", "text": "..."}.'
+    )
 
 
 class ModerationResult(BaseModel):

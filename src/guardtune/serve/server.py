@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import uvicorn
 from fastapi import FastAPI
 
 
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
 def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Serve ``app`` until interrupted (Ctrl-C shuts it down cleanly)."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    """Serve ``app`` until interrupted or terminated, shutting down cleanly.
+
+    On SIGTERM (or Ctrl-C) the server stops accepting connections, lets the requests in flight
+    finish (up to 10 s), stops the model worker, and the process exits 0 on SIGTERM.
+    """
+    # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is over, which would
+    # end the process as "killed by SIGTERM" (status 143) after a clean stop. This handler, which
+    # uvicorn restores before re-raising, makes that a normal exit.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class BackgroundServer:
