@@ -22,8 +22,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from guardtune.atomic import atomic_dir
 from guardtune.errors import GuardtuneError
+from guardtune.precision import resolve_int8
 
-DtypeName = Literal["auto", "bf16", "fp32"]
+DtypeName = Literal["auto", "bf16", "fp32", "int8"]
+DTYPE_NAMES = ("auto", "bf16", "fp32", "int8")
 _console = Console(stderr=True)
 
 
@@ -59,6 +61,16 @@ class Backbone:
     # The PEFT wrapper once a first adapter is put on the model; further adapters (several guards
     # on one base) are added to it under their own names.
     peft_model: Any = None
+    # ``--dtype int8``: the decoder's projections are to run as int8 once every adapter is on
+    # (see :func:`guardtune.precision.quantize_projections`); the rest stays in ``dtype``.
+    int8: bool = False
+
+    @property
+    def precision(self) -> str:
+        """``int8``, ``bf16`` or ``fp32``: what the decoder's projections run in."""
+        if self.int8:
+            return "int8"
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
 
     @property
     def hidden_size(self) -> int:
@@ -145,13 +157,14 @@ def bound_kernel_caches() -> None:
 
 
 def resolve_dtype(name: DtypeName | str) -> torch.dtype:
-    """``auto`` picks bf16 where the hardware runs it natively, fp32 otherwise."""
+    """``auto`` picks bf16 where the hardware runs it natively, fp32 otherwise; so does ``int8``
+    for everything but the decoder's projections."""
     if name == "bf16":
         return torch.bfloat16
     if name == "fp32":
         return torch.float32
-    if name != "auto":
-        raise GuardtuneError(f"--dtype: expected auto, bf16 or fp32, found {name!r}")
+    if name not in ("auto", "int8"):
+        raise GuardtuneError(f"--dtype: expected {', '.join(DTYPE_NAMES)}, found {name!r}")
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
@@ -274,12 +287,15 @@ def load_backbone(base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto") -> 
 
     Args:
         base: an HF model directory, a ``.gguf`` file, ``gemma-3-270m`` (embedded), or a hub id.
-        dtype: ``auto`` (bf16 where the hardware supports it natively), ``bf16`` or ``fp32``.
+        dtype: ``auto`` (bf16 where the hardware supports it natively), ``bf16``, ``fp32``, or
+            ``int8``: as ``auto``, and the decoder's projections are marked to run as int8 once the
+            adapters are on (where the CPU cannot, a one-line warning and ``auto``).
 
     Raises:
         GuardtuneError: the base cannot be found or loaded.
     """
     torch_dtype = resolve_dtype(dtype)
+    int8 = dtype == "int8" and resolve_int8("bf16" if torch_dtype == torch.bfloat16 else "fp32")
     if not torch.cuda.is_available():
         torch.set_num_threads(cpu_threads())
         bound_kernel_caches()
@@ -297,4 +313,4 @@ def load_backbone(base: str = DEFAULT_BASE, dtype: DtypeName | str = "auto") -> 
     model.requires_grad_(False)
     model.eval()
     model.to(device_for_inference())  # type: ignore[arg-type]
-    return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype)
+    return Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype, int8=int8)

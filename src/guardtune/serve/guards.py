@@ -16,6 +16,7 @@ from guardtune.classifier import Classifier
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import read_manifest
+from guardtune.precision import quantize_projections
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -77,7 +78,9 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]
 
     Args:
         specs: guard name -> model directory.
-        dtype: ``auto``, ``bf16`` or ``fp32`` for the base models.
+        dtype: ``auto``, ``bf16``, ``fp32`` or ``int8`` for the base models. With ``int8`` each
+            base's projections are quantised once all its guards are on; adapters stay unmerged
+            beside them (in float), so guards can share a base and the chat path runs the base.
 
     Raises:
         GuardtuneError: a directory is not a model, or its base cannot be loaded.
@@ -96,8 +99,11 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto") -> dict[str, Guard]
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
     for backbone in backbones.values():
         hosted = [g for g in guards.values() if g.backbone is backbone]
-        if len(hosted) == 1 and backbone.dtype == torch.float32:
+        # PEFT unmerges for the chat path by editing float weights, which an int8 base has not.
+        if len(hosted) == 1 and backbone.dtype == torch.float32 and not backbone.int8:
             merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
+        if backbone.int8:
+            quantize_projections(backbone.model)
     return guards
 
 
