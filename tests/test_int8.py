@@ -205,3 +205,11 @@ def test_release_pages_gives_a_dropped_weight_back_to_the_system() -> None:
     precision.release_pages(weight)
     assert before - _rss_mb() > 30
     assert weight[2**20 : 2**20 + 1024].abs().sum() == 0  # zero pages on the next read
+
+
+def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.ENGINE_ENV, raising=False)
+    assert precision.int8_engine() == precision.DEFAULT_ENGINE
+    monkeypatch.setenv(precision.ENGINE_ENV, "cuda")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ENGINE='cuda': expected one of"):
+        precision.int8_engine()

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import mmap
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from guardtune.errors import GuardtuneError
 
 INT8 = "int8"
 # CPU flags of native int8 dot products: without them fbgemm emulates int8 with 16-bit
@@ -35,6 +38,9 @@ INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 _ADAPTER_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector")
 # torch's x86 quantised engines; the packed weight remembers the engine it was packed for.
 _ENGINES = ("x86", "fbgemm", "onednn")
+# Which of them packs the weights (to compare kernels; the default is the one measured fastest).
+ENGINE_ENV = "GUARDTUNE_INT8_ENGINE"
+DEFAULT_ENGINE = "x86"
 
 
 def cpu_supports_int8() -> bool:
@@ -145,7 +151,16 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(module, Int8Linear) for module in model.modules())
 
 
-def quantize_projections(model: nn.Module, engine: str = "x86") -> int:
+def int8_engine() -> str:
+    """The quantised engine that packs int8 weights: ``GUARDTUNE_INT8_ENGINE`` or the default."""
+    engine = os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+    if engine not in torch.backends.quantized.supported_engines or engine not in _ENGINES:
+        found = [e for e in _ENGINES if e in torch.backends.quantized.supported_engines]
+        raise GuardtuneError(f"{ENGINE_ENV}={engine!r}: expected one of {', '.join(found)}")
+    return engine
+
+
+def quantize_projections(model: nn.Module, engine: str | None = None) -> int:
     """Replace every linear projection of the decoder layers by an :class:`Int8Linear`, in place.
 
     LoRA adapters must already be on the model (PEFT cannot add one to an int8 layer): a merged
@@ -153,9 +168,13 @@ def quantize_projections(model: nn.Module, engine: str = "x86") -> int:
     matrices beside the int8 base layer. The embedding, the LM head and the classifier head are
     outside the decoder layers and keep their dtype.
 
+    Args:
+        engine: ``x86``, ``fbgemm`` or ``onednn``; default: :func:`int8_engine`.
+
     Returns:
         How many projections were quantised.
     """
+    engine = engine or int8_engine()
     layers = _decoder_layers(model)
     targets = []
     for name, module in layers.named_modules():
