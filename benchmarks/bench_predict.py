@@ -9,12 +9,15 @@ On the same base model, the same messages and the same trained adapters, this me
 (b) the common way: ``AutoModelForSequenceClassification`` + a PEFT LoRA adapter (same r, alpha
     and target modules), batched, fp32. Its classification head is untrained: only its speed
     means anything.
-(c) guardtune: ``Classifier.predict_proba`` for each method.
+(c) guardtune: ``Classifier.predict_proba`` for each method, once per ``--dtypes`` entry (by
+    default ``--dtype`` and ``int8``: the decoder's projections in int8, see
+    :mod:`guardtune.precision`).
 
 For each path: messages/s and the ratio to (a) and (b), p50 / p95 latency of single messages,
 peak resident memory, the fraction of this machine's bf16 matmul throughput the path achieves
 (peak measured in the same run), macro-F1 on the messages' gold labels, and for guardtune the
-agreement of its predictions with (a) run on the same adapter.
+agreement of its predictions with (a) run on the same adapter and, for every dtype after the
+first, with the first dtype's predictions on all messages.
 
     python benchmarks/bench_predict.py --train-steps 40 --n 1000 --slow-n 100 \\
         --json bench_predict.json --markdown bench_predict.md
@@ -65,6 +68,7 @@ RESULT_KEYS = (
     "fraction_of_bf16_peak",
     "macro_f1",
     "agreement_with_seeds",
+    "agreement_with_reference",
     "note",
 )
 
@@ -106,6 +110,11 @@ def current_rss_mb() -> float:
 
 def percentile_ms(seconds: list[float], q: float) -> float | None:
     return float(np.percentile(np.array(seconds) * 1000, q)) if seconds else None
+
+
+def agreement(predicted: list[Any], reference: list[Any]) -> float:
+    """Share of messages where two paths pick the same label."""
+    return float(np.mean([a == b for a, b in zip(predicted, reference, strict=True)]))
 
 
 def macro_f1(labels: list[str], gold: list[str], predicted: list[str]) -> float:
@@ -289,6 +298,7 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     from guardtune.infer import _fits_window
 
     classifier = Classifier.load(spec["model"], dtype=spec["dtype"])
+    load_rss = current_rss_mb()
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
     batch_size = spec["batch_size"]
@@ -314,9 +324,9 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         "flops": 2 * body * tokens,
         "flops_per_token": 2 * body,
         "macro_f1": macro_f1(names, labels, predicted),
-        "note": f"dtype {classifier.method.backbone.dtype}; prompt prefix of {reused} tokens reused"
-        if reused
-        else f"dtype {classifier.method.backbone.dtype}",
+        "note": f"projections {classifier.precision}, rest {method.backbone.dtype}; "
+        f"RSS {load_rss:.0f} MB once loaded"
+        + (f"; prompt prefix of {reused} tokens reused" if reused else ""),
     }
 
 
@@ -423,6 +433,7 @@ def fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     config, peak = result["config"], result["peak_matmul"]
+    reference = config["dtypes"][0]
     lines = [
         f"Base `{config['base']}`, {config['n']} synthetic pii-intent messages "
         f"(mean {config['mean_message_tokens']:.1f} tokens), {result['machine']['cpu']}, "
@@ -430,9 +441,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"({result['machine']['torch_threads']} threads). Peak matmul {config['matmul_size']}^2: "
         f"bf16 {peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.",
         "",
-        "| path | method | msgs | msg/s | x (a) | x (b) | p50 ms | p95 ms | peak RSS MB "
-        "| % bf16 peak | macro-F1 | agrees with (a) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | method | dtype | msgs | msg/s | x (a) | x (b) | p50 ms | p95 ms | peak RSS MB "
+        f"| % bf16 peak | macro-F1 | agrees with (a) | agrees with {reference} |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["paths"]:
         lines.append(
@@ -441,6 +452,7 @@ def markdown(result: dict[str, Any]) -> str:
                 [
                     row["path"],
                     row["method"] or "-",
+                    row["dtype"],
                     str(row["n"]),
                     fmt(row["messages_per_s"], 2),
                     fmt(row["ratio_to_seeds"], 1),
@@ -451,6 +463,7 @@ def markdown(result: dict[str, Any]) -> str:
                     fmt(None if row["fraction_of_bf16_peak"] is None else 100 * row["fraction_of_bf16_peak"]),
                     fmt(row["macro_f1"], 3),
                     fmt(row["agreement_with_seeds"], 3),
+                    fmt(row["agreement_with_reference"], 4),
                 ]
             )
             + " |"
@@ -488,6 +501,7 @@ def build_row(
         "fraction_of_bf16_peak": achieved / peak_bf16 if achieved is not None else None,
         "macro_f1": raw["macro_f1"],
         "agreement_with_seeds": None,
+        "agreement_with_reference": None,
         "note": raw["note"],
     }
 
@@ -505,7 +519,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--slow-n", type=int, help="messages for (a), one at a time (default: --n)")
     parser.add_argument("--latency-n", type=int, default=50, help="single-message calls for p50/p95")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of (b) and (c)")
-    parser.add_argument("--dtype", default="auto", help="guardtune's dtype: auto, bf16 or fp32")
+    parser.add_argument("--dtype", default="auto", help="training dtype: auto, bf16 or fp32")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        help="guardtune's dtypes, a (c) row each per method; later ones are compared with the first "
+        "(default: --dtype and int8)",
+    )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -534,6 +554,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = next(iter(bases)) if args.model else args.base
     task = next(iter(manifests.values())).task
     slow_n = min(args.slow_n or args.n, args.n)
+    dtypes = list(dict.fromkeys(args.dtypes or [args.dtype, "int8"]))
 
     frame = sample("pii-intent", args.n, args.seed + 1000, split="check")
     texts, gold = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
@@ -566,15 +587,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw = run_path(spec, work, isolate)
     rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_bf16, isolate))
     for method, path in by_method.items():
-        spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": args.n}
-        spec.update(batch_size=args.batch_size, dtype=args.dtype)
-        raw = run_path(spec, work, isolate)
-        row = build_row("(c) guardtune predict_proba", spec, raw, peak_bf16, isolate)
-        seeds = predictions.get((SEEDS, method))
-        if seeds is not None:
-            fast = raw["predicted"][: len(seeds)]
-            row["agreement_with_seeds"] = float(np.mean([a == b for a, b in zip(fast, seeds, strict=True)]))
-        rows.append(row)
+        for dtype in dtypes:
+            spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": args.n}
+            spec.update(batch_size=args.batch_size, dtype=dtype)
+            raw = run_path(spec, work, isolate)
+            row = build_row("(c) guardtune predict_proba", spec, raw, peak_bf16, isolate)
+            seeds = predictions.get((SEEDS, method))
+            if seeds is not None:
+                row["agreement_with_seeds"] = agreement(raw["predicted"][: len(seeds)], seeds)
+            reference = predictions.setdefault((GUARDTUNE, method), raw["predicted"])
+            if dtype != dtypes[0]:
+                row["agreement_with_reference"] = agreement(raw["predicted"], reference)
+            rows.append(row)
 
     seeds_speed = rows[0]["messages_per_s"]
     seqcls_speed = next(r["messages_per_s"] for r in rows if r["kind"] == SEQCLS)
@@ -592,6 +616,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "labels (check split: templates the training generator never uses); 'agrees with (a)' is "
         "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
         "the same adapter's generated text.",
+        f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
+        f"all {args.n} messages where a later dtype picks the label the {dtypes[0]} row picked. "
+        "int8: the decoder's projections as int8 (torch's quantised linear), the rest as auto.",
         f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
         "all its calls count).",
         "peak RSS: "
@@ -621,6 +648,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "latency_n": args.latency_n,
             "batch_size": args.batch_size,
             "dtype": args.dtype,
+            "dtypes": dtypes,
             "methods": list(by_method),
             "models": {m: str(p) for m, p in by_method.items()},
             "isolated_processes": isolate,

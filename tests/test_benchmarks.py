@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import load_script
 
+from guardtune.precision import int8_unavailable_reason
+
 pytestmark = pytest.mark.benchmark_smoke
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -59,21 +61,31 @@ def test_bench_predict_writes_json_and_markdown(
         ("seeds", "label-tokens"),
         ("seqcls", None),
         ("guardtune", "head"),
+        ("guardtune", "head"),
+        ("guardtune", "label-tokens"),
         ("guardtune", "label-tokens"),
     ]
+    assert [p["dtype"] for p in paths[2:]] == ["auto", "int8", "auto", "int8"]
     for path in paths:
         assert set(path) == set(bench.RESULT_KEYS)
         for key in ("messages_per_s", "ratio_to_seeds", "ratio_to_seqcls", "p50_ms", "p95_ms"):
             assert is_number(path[key]) and path[key] > 0, (path["path"], key)
         assert is_number(path["peak_rss_mb"]) and is_number(path["fraction_of_bf16_peak"])
         assert path["tokens"] > 0
-    seeds, seqcls, head, label_tokens = paths
+    seeds, seqcls, head, head_int8, label_tokens, label_tokens_int8 = paths
     assert seeds["ratio_to_seeds"] == pytest.approx(1.0) and seqcls["ratio_to_seqcls"] == pytest.approx(1.0)
     assert seqcls["macro_f1"] is None and "untrained" in seqcls["note"]
     assert 0.0 <= label_tokens["macro_f1"] <= 1.0 and 0.0 <= label_tokens["agreement_with_seeds"] <= 1.0
     assert head["agreement_with_seeds"] is None  # no (a) run for a method that does not generate
+    # Each int8 row is compared with the first dtype's row of its method, on every message.
+    assert head["agreement_with_reference"] is None and label_tokens["agreement_with_reference"] is None
+    for row in (head_int8, label_tokens_int8):
+        assert 0.0 <= row["agreement_with_reference"] <= 1.0
+        # Where int8 cannot run, the row is the float fallback (with a one-line warning).
+        assert ("projections int8" in row["note"]) == (int8_unavailable_reason() is None)
     table = out_md.read_text()
-    assert "| path | method |" in table and table.count("(c) guardtune") == 2
+    assert "| path | method | dtype |" in table and table.count("(c) guardtune") == 4
+    assert "agrees with auto" in table
 
 
 def test_bench_train_writes_json_and_markdown(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -398,7 +399,8 @@ def calibrate(
         data: labelled rows (CSV, JSONL, Parquet), not the test split.
         label: the label to threshold.
         max_fpr, min_recall: at most one target, each strictly between 0 and 1.
-        dtype: ``auto``, ``bf16`` or ``fp32`` when ``model`` is a directory.
+        dtype: ``auto``, ``bf16``, ``fp32`` or ``int8`` when ``model`` is a directory; the
+            calibration records the precision it was fitted in.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda`` when ``model`` is a directory.
         progress: show a progress bar while scoring.
         save: write ``calibration.json`` into the model directory.
@@ -420,9 +422,12 @@ def calibrate(
     spec = model.manifest.task if isinstance(model, Classifier) else read_manifest(model).task
     threshold_labels(spec, objective, label)
     rows = load_examples(data, spec)
-    classifier = (
-        model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype, device=device)
-    )
+    with warnings.catch_warnings():
+        # The calibration in another precision that Classifier.load warns about is being replaced.
+        warnings.filterwarnings("ignore", message=".*calibrated on .* scores but the model runs in")
+        classifier = (
+            model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype, device=device)
+        )
     if save and classifier.directory is None:
         raise GuardtuneError("calibrate: the classifier has no model directory to write calibration.json to")
     assert rows.labels is not None
@@ -438,6 +443,7 @@ def calibrate(
         source=Path(data).name,
         known=spec.known_mask(rows.labels) if spec.overall else None,
     )
+    calibration.precision = classifier.precision
     if save:
         assert classifier.directory is not None
         calibration.save(classifier.directory)

@@ -22,9 +22,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from guardtune.atomic import atomic_dir
 from guardtune.errors import GuardtuneError
+from guardtune.precision import resolve_int8
 from guardtune.quantize import quantization_config
 
-DtypeName = Literal["auto", "bf16", "fp32"]
+DtypeName = Literal["auto", "bf16", "fp32", "int8"]
+DTYPE_NAMES = ("auto", "bf16", "fp32", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 _console = Console(stderr=True)
 
@@ -63,6 +65,16 @@ class Backbone:
     # The PEFT wrapper once a first adapter is put on the model; further adapters (several guards
     # on one base) are added to it under their own names.
     peft_model: Any = None
+    # ``--dtype int8``: the decoder's projections are to run as int8 once every adapter is on
+    # (see :func:`guardtune.precision.quantize_projections`); the rest stays in ``dtype``.
+    int8: bool = False
+
+    @property
+    def precision(self) -> str:
+        """``int8``, ``bf16`` or ``fp32``: what the decoder's projections run in."""
+        if self.int8:
+            return "int8"
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
 
     @property
     def hidden_size(self) -> int:
@@ -174,13 +186,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_dtype(name: DtypeName | str, device: torch.device | None = None) -> torch.dtype:
-    """``auto`` picks bf16 where ``device`` runs it natively (default: the ``auto`` device), else fp32."""
+    """``auto`` picks bf16 where ``device`` runs it natively (default: the ``auto`` device), else fp32;
+    so does ``int8`` for everything but the decoder's projections."""
     if name == "bf16":
         return torch.bfloat16
     if name == "fp32":
         return torch.float32
-    if name != "auto":
-        raise GuardtuneError(f"--dtype: expected auto, bf16 or fp32, found {name!r}")
+    if name not in ("auto", "int8"):
+        raise GuardtuneError(f"--dtype: expected {', '.join(DTYPE_NAMES)}, found {name!r}")
     device = device or resolve_device("auto")
     if device.type == "cuda":
         # Pre-Ampere GPUs emulate bf16 slowly; fp16 would need loss scaling, so they get fp32.
@@ -320,7 +333,9 @@ def load_backbone(
 
     Args:
         base: an HF model directory, a ``.gguf`` file, ``gemma-3-270m`` (embedded), or a hub id.
-        dtype: ``auto`` (bf16 where the device supports it natively), ``bf16`` or ``fp32``.
+        dtype: ``auto`` (bf16 where the device supports it natively), ``bf16``, ``fp32``, or
+            ``int8``: as ``auto``, and the decoder's projections are marked to run as int8 once the
+            adapters are on (where the CPU cannot, a one-line warning and ``auto``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         quantize: ``4bit`` or ``8bit`` to hold the base's linear layers in bitsandbytes layers.
 
@@ -330,6 +345,7 @@ def load_backbone(
     """
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
+    int8 = dtype == "int8" and resolve_int8("bf16" if torch_dtype == torch.bfloat16 else "fp32")
     extra: dict[str, Any] = {}
     if quantize is not None:
         # Quantised layers are created on their device: they cannot be moved afterwards.
@@ -352,6 +368,8 @@ def load_backbone(
     model.eval()
     if quantize is None:
         model.to(target)  # type: ignore[arg-type]
-    backbone = Backbone(model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype, quantize=quantize)
+    backbone = Backbone(
+        model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype, quantize=quantize, int8=int8
+    )
     settle_kbit_weights(backbone)
     return backbone

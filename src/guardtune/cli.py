@@ -31,6 +31,13 @@ EpochsOption = Annotated[float, typer.Option(help="Passes over the training rows
 MaxLengthOption = Annotated[int, typer.Option(help="Tokens kept per text.")]
 DtypeOption = Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+InferenceDtypeOption = Annotated[
+    str,
+    typer.Option(
+        help="auto (bf16 where native), bf16, fp32, or int8: the decoder's projections in int8 "
+        "(CPUs with VNNI / AMX), the rest as auto.",
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 LabelledDataOption = Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")]
 ModelOption = Annotated[Path, typer.Option(help="Model directory.")]
@@ -339,7 +346,7 @@ def eval_command(
     model: ModelOption,
     data: LabelledDataOption,
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
-    dtype: DtypeOption = "auto",
+    dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
     group_by: Annotated[
@@ -379,7 +386,7 @@ def calibrate(
     min_recall: Annotated[
         float | None, typer.Option(help="Highest precision with at least this recall.")
     ] = None,
-    dtype: DtypeOption = "auto",
+    dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
 ) -> None:
     """Fit temperature scaling and thresholds (max F1 by default) on validation rows."""
@@ -423,7 +430,7 @@ def predict(
         typer.Option("--out", help="Output file (CSV, JSONL, Parquet); with --engine ray a new folder."),
     ],
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
-    dtype: DtypeOption = "auto",
+    dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors).")] = "local",
     output_format: Annotated[
@@ -486,7 +493,7 @@ def serve(
     ],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    dtype: DtypeOption = "auto",
+    dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
     max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,

@@ -98,6 +98,9 @@ class TrainSettings:
             problems.append(f"--quantize: expected 4bit or 8bit, found {self.quantize!r}")
         if self.save_steps < 1:
             problems.append(f"--save-steps: expected a positive integer, found {self.save_steps}")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            # int8 projections are frozen: they serve predict, eval, calibrate and serve only.
+            problems.append(f"--dtype: training runs in auto, bf16 or fp32, found {self.dtype!r}")
         if self.distill is not None:
             alpha, temperature = self.distill
             if not 0.0 <= alpha <= 1.0 or temperature <= 0:

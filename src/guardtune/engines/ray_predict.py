@@ -214,7 +214,7 @@ def predict_with_ray(
         out: a new (or empty) directory for the part files.
         output_format: ``parquet`` or ``csv``.
         settings: actors, batch size, and the Ray instance to use.
-        dtype: ``auto``, ``bf16`` or ``fp32`` for the base model in each actor.
+        dtype: ``auto``, ``bf16``, ``fp32`` or ``int8`` for the base model in each actor.
         progress: show Ray Data's progress bars.
 
     Returns:

@@ -64,7 +64,9 @@ _KNOWN_KEYS = {
     "ece_after",
     "n",
     "source",
+    "precision",
 }
+PRECISIONS = ("bf16", "fp32", "int8")
 
 
 # --- temperature scaling -------------------------------------------------------------------------
@@ -254,6 +256,8 @@ class Calibration:
         ece_before, ece_after: expected calibration error on the fitting rows, raw and calibrated.
         n: fitting rows.
         source: the fitting file's name.
+        precision: ``bf16``, ``fp32`` or ``int8``, what the model's projections ran in when the
+            scores were computed (``Classifier.load`` warns when the model runs in another).
     """
 
     temperature: float
@@ -268,6 +272,7 @@ class Calibration:
     ece_after: float | None = None
     n: int = 0
     source: str | None = None
+    precision: str | None = None
     notes: list[str] = field(default_factory=list, compare=False)
 
     def transform(self, scores: np.ndarray) -> np.ndarray:
@@ -352,6 +357,9 @@ def _parse(raw: dict[str, Any], source: str) -> Calibration:
     n = raw.get("n", 0)
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise bad("n", "a row count")
+    precision = raw.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise bad("precision", f"one of {', '.join(PRECISIONS)} or null")
     return Calibration(
         temperature=float(temperature),
         mode=mode,
@@ -365,6 +373,7 @@ def _parse(raw: dict[str, Any], source: str) -> Calibration:
         ece_after=number("ece_after", 0.0, 1.0, optional=True),
         n=n,
         source=str(raw["source"]) if raw.get("source") is not None else None,
+        precision=precision,
     )
 
 

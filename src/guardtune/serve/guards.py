@@ -17,6 +17,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.methods import get_method
 from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import MANIFEST, read_manifest
+from guardtune.precision import quantize_projections
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -78,7 +79,9 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
 
     Args:
         specs: guard name -> model directory.
-        dtype: ``auto``, ``bf16`` or ``fp32`` for the base models.
+        dtype: ``auto``, ``bf16``, ``fp32`` or ``int8`` for the base models. With ``int8`` each
+            base's projections are quantised once all its guards are on; adapters stay unmerged
+            beside them (in float), so guards can share a base and the chat path runs the base.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
 
     Raises:
@@ -104,9 +107,17 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
         guards[name] = Guard(name=name, classifier=classifier, backbone=backbone)
     for backbone in backbones.values():
         hosted = [g for g in guards.values() if g.backbone is backbone]
-        # Not into k-bit weights: merging re-quantises them (see Classifier.load).
-        if len(hosted) == 1 and backbone.dtype == torch.float32 and backbone.quantize is None:
+        # Not into k-bit weights (merging re-quantises them, see Classifier.load), nor under int8:
+        # PEFT unmerges for the chat path by editing float weights, which an int8 base has not.
+        if (
+            len(hosted) == 1
+            and backbone.dtype == torch.float32
+            and backbone.quantize is None
+            and not backbone.int8
+        ):
             merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
+        if backbone.int8:
+            quantize_projections(backbone.model)
     return guards
 
 

@@ -1,0 +1,189 @@
+"""int8 inference on the CPU: the decoder's projections as int8, everything else in float.
+
+``--dtype int8`` keeps the embedding, the norms, attention and the classifier head in bf16 (fp32
+where the CPU has no native bf16) and runs every linear projection of the decoder layers (q, k,
+v, o, gate, up, down: after the adapter is merged into them) through torch's own quantised linear
+(fbgemm / oneDNN): int8 weights with one scale per output channel, activations quantised to uint8
+per call from their observed range ("dynamic" quantisation: nothing to calibrate). A single
+message reads half the weight bytes of bf16, and AVX-512 VNNI / AMX run int8 dot products at
+about twice the bf16 rate.
+
+Where int8 cannot run (no VNNI or AMX on the CPU, a CUDA device, a torch without the quantised
+ops) the model falls back to its float precision with a one-line warning.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import mmap
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from guardtune.errors import GuardtuneError
+
+INT8 = "int8"
+# CPU flags of native int8 dot products: without them fbgemm emulates int8 with 16-bit
+# multiply-adds, and int8 is no faster than bf16.
+INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# Modules inside a PEFT LoRA layer that are the adapter itself (kept in float, unmerged adapters
+# add their small low-rank product to the int8 result).
+_ADAPTER_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector")
+# torch's x86 quantised engines; the packed weight remembers the engine it was packed for.
+_ENGINES = ("x86", "fbgemm", "onednn")
+# Which of them packs the weights (to compare kernels; the default is the one measured fastest).
+ENGINE_ENV = "GUARDTUNE_INT8_ENGINE"
+DEFAULT_ENGINE = "x86"
+
+
+def cpu_supports_int8() -> bool:
+    """True when the CPU has native int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in INT8_CPU_FLAGS)
+
+
+def int8_unavailable_reason() -> str | None:
+    """Why int8 projections cannot run here, or ``None`` when they can."""
+    if torch.cuda.is_available():
+        return "int8 projections run on the CPU only and this model runs on CUDA"
+    if not hasattr(torch.ops.quantized, "linear_dynamic") or not hasattr(torch, "quantize_per_channel"):
+        return f"torch {torch.__version__} has no quantised linear (torch.ops.quantized.linear_dynamic)"
+    engines = [e for e in _ENGINES if e in torch.backends.quantized.supported_engines]
+    if not engines:
+        return "torch has no x86 quantised engine (fbgemm / oneDNN) on this machine"
+    if not cpu_supports_int8():
+        return "this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)"
+    return None
+
+
+def resolve_int8(float_name: str) -> bool:
+    """Whether ``--dtype int8`` runs as int8 here; warns in one line when it falls back to
+    ``float_name`` (the precision the rest of the model runs in)."""
+    reason = int8_unavailable_reason()
+    if reason is None:
+        return True
+    warnings.warn(f"--dtype int8: {reason}; running {float_name} instead", stacklevel=3)
+    return False
+
+
+class Int8Linear(nn.Module):
+    """A frozen ``nn.Linear`` as int8 weights (one scale per output row), run by torch's quantised
+    linear with activations quantised per call; input and output keep their float dtype."""
+
+    def __init__(self, linear: nn.Linear, engine: str = "x86") -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.engine = engine
+        weight = linear.weight.detach().float()
+        # Symmetric per-row scales: a row with small weights keeps its resolution when another
+        # row has large ones (per-tensor scales lost labels on the embedded Gemma).
+        scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            with warnings.catch_warnings():
+                # torch marks its quantised tensor type as deprecated in favour of torchao, whose
+                # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
+                warnings.simplefilter("ignore", UserWarning)
+                qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+        finally:
+            torch.backends.quantized.engine = previous
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The quantised linear takes and returns fp32; reduce_range=False is exact on VNNI / AMX
+        # (their int8 products accumulate in int32 without the 16-bit saturation of plain AVX2).
+        y = torch.ops.quantized.linear_dynamic(x.float(), self._packed, False)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}"
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name, use_errno=True) if name else None
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """Give the whole memory pages of a tensor about to be dropped back to the system (Linux).
+
+    The base's weights are memory-mapped from one safetensors file whose mapping lives as long as
+    the embedding does, so a dropped bf16 projection stays resident (merging wrote into its pages)
+    unless told otherwise: 200 MB on the embedded Gemma. Only the pages entirely inside the tensor
+    are released; the caller guarantees nothing else reads them (for a private file mapping a
+    later read would see the file's bytes, for anonymous memory zeros).
+    """
+    libc = _libc()
+    madvise = getattr(libc, "madvise", None)
+    if madvise is None or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last > first:
+        madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
+def _decoder_layers(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    base: Any = get_base() if callable(get_base) else model
+    return base.get_decoder().layers
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """True when any projection of ``model`` already runs as :class:`Int8Linear`."""
+    return any(isinstance(module, Int8Linear) for module in model.modules())
+
+
+def int8_engine() -> str:
+    """The quantised engine that packs int8 weights: ``GUARDTUNE_INT8_ENGINE`` or the default."""
+    engine = os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
+    if engine not in torch.backends.quantized.supported_engines or engine not in _ENGINES:
+        found = [e for e in _ENGINES if e in torch.backends.quantized.supported_engines]
+        raise GuardtuneError(f"{ENGINE_ENV}={engine!r}: expected one of {', '.join(found)}")
+    return engine
+
+
+def quantize_projections(model: nn.Module, engine: str | None = None) -> int:
+    """Replace every linear projection of the decoder layers by an :class:`Int8Linear`, in place.
+
+    LoRA adapters must already be on the model (PEFT cannot add one to an int8 layer): a merged
+    adapter is inside the weights that get quantised; an unmerged one keeps its float low-rank
+    matrices beside the int8 base layer. The embedding, the LM head and the classifier head are
+    outside the decoder layers and keep their dtype.
+
+    Args:
+        engine: ``x86``, ``fbgemm`` or ``onednn``; default: :func:`int8_engine`.
+
+    Returns:
+        How many projections were quantised.
+    """
+    engine = engine or int8_engine()
+    layers = _decoder_layers(model)
+    targets = []
+    for name, module in layers.named_modules():
+        parts = name.split(".")
+        if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
+            parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
+            targets.append((parent, parts[-1], module))
+    for parent, child, linear in targets:
+        setattr(parent, child, Int8Linear(linear, engine))
+        if sys.getrefcount(linear.weight) <= 2:  # the module's own reference and the argument's
+            release_pages(linear.weight.data)
+    return len(targets)

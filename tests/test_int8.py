@@ -1,0 +1,195 @@
+"""``--dtype int8``: int8 projections agree with bf16, fall back where the CPU cannot run them, and
+calibration knows the precision it was fitted in."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import run_cli
+from torch import nn
+
+from guardtune import precision
+from guardtune.api import Classifier, calibrate, train
+from guardtune.backbone import load_backbone
+from guardtune.errors import GuardtuneError
+from guardtune.eval.calibration import CALIBRATION_FILE
+from guardtune.precision import Int8Linear, quantize_projections
+from guardtune.serve import load_guards
+from guardtune.task import load_task
+from guardtune.train import TrainSettings
+
+TASK = load_task("pii-intent")
+needs_int8 = pytest.mark.skipif(
+    precision.int8_unavailable_reason() is not None,
+    reason=f"int8 cannot run here: {precision.int8_unavailable_reason()}",
+)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    settings = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, dtype="fp32")
+    out = tmp_path_factory.mktemp("int8") / "model"
+    return train(TASK, toy_files["train"], out, base=tiny_base, settings=settings).directory
+
+
+def _texts(toy_files: dict[str, Path]) -> list[str]:
+    return pd.read_csv(toy_files["test"])["text"].tolist()
+
+
+def _int8_layers(classifier: Classifier) -> list[Int8Linear]:
+    return [m for m in classifier.method.backbone.model.modules() if isinstance(m, Int8Linear)]
+
+
+@needs_int8
+def test_int8_linear_matches_the_float_layer() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 48, bias=True)
+    x = torch.randn(3, 5, 96)
+    expected = linear(x)
+    got = Int8Linear(linear)(x)
+    assert got.shape == expected.shape and got.dtype == x.dtype
+    # int8 weights and activations: about 1% of the output's scale, never the float result exactly.
+    error = (got - expected).abs().max() / expected.abs().max()
+    assert 0 < error < 0.03
+    assert Int8Linear(linear)(x.bfloat16()).dtype == torch.bfloat16
+
+
+@needs_int8
+def test_int8_labels_agree_with_bf16(model_dir: Path, toy_files: dict[str, Path]) -> None:
+    texts = _texts(toy_files)
+    bf16 = Classifier.load(model_dir, dtype="bf16")
+    int8 = Classifier.load(model_dir, dtype="int8")
+    assert int8.precision == "int8" and bf16.precision == "bf16"
+    # 2 layers x 7 merged projections; the embedding and the head keep their float dtype.
+    assert len(_int8_layers(int8)) == 14 and not _int8_layers(bf16)
+    backbone = int8.method.backbone
+    assert backbone.model.get_input_embeddings().weight.dtype == backbone.dtype
+    assert int8.method.classifier.weight.dtype == torch.float32
+    expected, got = bf16.predict_proba(texts), int8.predict_proba(texts)
+    assert (expected.argmax(axis=1) == got.argmax(axis=1)).all()
+    assert 0 < np.abs(expected - got).max() < 0.05
+
+
+def test_a_cpu_without_int8_falls_back_with_a_one_line_warning(
+    model_dir: Path, toy_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_int8", lambda: False)
+    with pytest.warns(UserWarning, match="--dtype int8: this CPU has no int8") as caught:
+        classifier = Classifier.load(model_dir, dtype="int8")
+    messages = [str(w.message) for w in caught if "--dtype int8" in str(w.message)]
+    assert len(messages) == 1 and "\n" not in messages[0] and "instead" in messages[0]
+    assert classifier.precision in ("bf16", "fp32") and not _int8_layers(classifier)
+    texts = _texts(toy_files)
+    np.testing.assert_allclose(
+        classifier.predict_proba(texts), Classifier.load(model_dir).predict_proba(texts), atol=1e-6
+    )
+
+
+@needs_int8
+def test_calibration_records_its_precision_and_warns_in_another(
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    for path in model_dir.iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    calibrate(model, toy_files["val"], dtype="fp32", progress=False)
+    assert json.loads((model / CALIBRATION_FILE).read_text())["precision"] == "fp32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Classifier.load(model, dtype="fp32").calibration is not None
+    assert not [w for w in caught if "calibrated on" in str(w.message)]
+    with pytest.warns(UserWarning, match="calibrated on fp32 scores but the model runs in int8") as caught:
+        Classifier.load(model, dtype="int8")
+    assert all("\n" not in str(w.message) for w in caught)
+    calibrate(model, toy_files["val"], dtype="int8", progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Classifier.load(model, dtype="int8").calibration.precision == "int8"  # type: ignore[union-attr]
+    assert not [w for w in caught if "calibrated on" in str(w.message)]
+
+    raw = json.loads((model / CALIBRATION_FILE).read_text())
+    (model / CALIBRATION_FILE).write_text(json.dumps(raw | {"precision": "int4"}))
+    with pytest.raises(GuardtuneError, match="key 'precision': expected one of bf16, fp32, int8"):
+        Classifier.load(model)
+
+
+@needs_int8
+def test_guards_sharing_an_int8_base_keep_their_labels(model_dir: Path, toy_files: dict[str, Path]) -> None:
+    texts = _texts(toy_files)
+    expected = Classifier.load(model_dir, dtype="bf16").predict_proba(texts).argmax(axis=1)
+    guards = load_guards({"a": model_dir, "b": model_dir}, dtype="int8")
+    assert guards["a"].backbone is guards["b"].backbone
+    for guard in guards.values():
+        assert guard.classifier.precision == "int8" and _int8_layers(guard.classifier)
+        assert (guard.classifier.predict_proba(texts).argmax(axis=1) == expected).all()
+    # PEFT cannot put an adapter on an int8 layer: a late model gets a one-line error.
+    with pytest.raises(GuardtuneError, match="already runs int8 projections"):
+        Classifier.load(model_dir, backbone=guards["a"].backbone, adapter_name="c")
+
+
+@needs_int8
+def test_predict_cli_takes_dtype_int8(
+    monkeypatch: pytest.MonkeyPatch, model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "predictions.csv"
+    code = run_cli(
+        monkeypatch,
+        "predict",
+        "--model",
+        model_dir,
+        "--data",
+        toy_files["test"],
+        "--out",
+        out,
+        "--dtype",
+        "int8",
+    )
+    assert code == 0
+    expected = Classifier.load(model_dir, dtype="bf16").predict(_texts(toy_files))
+    assert pd.read_csv(out)["label"].tolist() == [p.label for p in expected]  # type: ignore[union-attr]
+
+
+def test_training_refuses_int8(tiny_base: str) -> None:
+    with pytest.raises(GuardtuneError, match="--dtype: training runs in auto, bf16 or fp32"):
+        TrainSettings(dtype="int8")
+    with pytest.raises(GuardtuneError, match="--dtype: expected auto, bf16, fp32, int8"):
+        load_backbone(tiny_base, dtype="int4")
+
+
+@needs_int8
+def test_quantize_projections_leaves_adapters_and_heads_in_float(tiny_base: str) -> None:
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    assert quantize_projections(backbone.model) == 14
+    assert backbone.model.get_output_embeddings().weight.dtype == torch.float32
+    ids = backbone.tokenizer(["gg nice game"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.isfinite(backbone.model(**ids).logits).all()
+
+
+def _rss_mb() -> float:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_release_pages_gives_a_dropped_weight_back_to_the_system() -> None:
+    # A merged projection lives in pages that outlive it (the base's one file mapping): released,
+    # they no longer count towards the process's memory.
+    weight = torch.ones(32 * 2**20 // 4)  # 32 MB, resident once written
+    before = _rss_mb()
+    precision.release_pages(weight)
+    assert before - _rss_mb() > 30
+    assert weight[2**20 : 2**20 + 1024].abs().sum() == 0  # zero pages on the next read
+
+
+def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(precision.ENGINE_ENV, raising=False)
+    assert precision.int8_engine() == precision.DEFAULT_ENGINE
+    monkeypatch.setenv(precision.ENGINE_ENV, "cuda")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ENGINE='cuda': expected one of"):
+        precision.int8_engine()
