@@ -133,7 +133,6 @@ def main() -> None:
         "asking_refused": float(refused[rows["label"] == "asking"].mean()),
         "giving_refused": float(refused[rows["label"] == "giving"].mean()),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     with atomic_file(args.out / "chat_check.csv") as tmp:
         rows.to_csv(tmp, index=False)
     with atomic_file(args.out / "chat_check.json") as tmp:

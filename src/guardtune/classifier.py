@@ -103,7 +103,7 @@ class Classifier:
                 f"{directory}: its base {backbone.base} already runs int8 projections, which take no "
                 "new adapter; load every model on it before quantising"
             )
-        quantize = manifest.training.get("quantize")
+        quantize = manifest.quantize
         backbone = backbone or load_backbone(manifest.base, dtype=dtype, device=device, quantize=quantize)
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name

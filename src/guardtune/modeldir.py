@@ -44,6 +44,11 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=package_versions)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def quantize(self) -> str | None:
+        """``4bit`` or ``8bit`` when the model trained on a bitsandbytes-quantised base, else None."""
+        return self.training.get("quantize")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format_version": self.format_version,

@@ -96,7 +96,7 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
     guards = {}
     for name, directory in specs.items():
         # A quantised base is another copy of the weights: guards share it only with their kind.
-        quantize = manifests[name].training.get("quantize")
+        quantize = manifests[name].quantize
         key = f"{_base_key(manifests[name].base)}#{quantize or 'full'}"
         if key not in backbones:
             backbones[key] = load_backbone(
