@@ -83,9 +83,19 @@ def _frames_shared_across_pools(pools: dict[str, list[str]]) -> bool:
 
 
 def split_templates(
-    task: str, root: Path, dev_share: float, seed: int, source_root: Path | None = None
+    task: str,
+    root: Path,
+    dev_share: float,
+    seed: int,
+    source_root: Path | None = None,
+    extra_root: Path | None = None,
 ) -> Path:
-    """Copy the built-in family files of ``task`` with ``dev_share`` of each train pool as ``check``."""
+    """Copy the built-in family files of ``task`` with ``dev_share`` of each train pool as ``check``.
+
+    ``extra_root/<task>/<family>.yaml`` files (a ``train`` mapping only) add training templates after
+    the split, so a candidate set of new templates is judged on the same validation templates as the
+    set without it.
+    """
     built_in = Path(str(resources.files("guardtune.data.synth").joinpath("templates")))
     source = (source_root or built_in) / task
     target = root / "templates" / task
@@ -114,6 +124,11 @@ def split_templates(
         n_dev = {cls: max(1, round(len(pool) * dev_share)) for cls, pool in shuffled.items()}
         spec["check"] = {cls: pool[: n_dev[cls]] for cls, pool in shuffled.items()}
         spec["train"] = {cls: pool[n_dev[cls] :] or pool[:1] for cls, pool in shuffled.items()}
+    for name, extra in _extra_templates(task, extra_root).items():
+        if name not in specs:
+            raise GuardtuneError(f"{extra_root}/{task}/{name}: no built-in family of that name")
+        for cls, pool in extra.items():
+            specs[name]["train"].setdefault(cls, []).extend(pool)
     # A validation template must not share its phrasing with a training template of any family.
     trained = Counter(
         phrasing_key(t) for spec in specs.values() for pool in spec["train"].values() for t in pool
@@ -136,6 +151,18 @@ def split_templates(
     return root / "templates"
 
 
+def _extra_templates(task: str, extra_root: Path | None) -> dict[str, dict[str, list[str]]]:
+    if extra_root is None:
+        return {}
+    extras = {}
+    for path in sorted((extra_root / task).glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(spec.get("train"), dict):
+            raise GuardtuneError(f"{path}: key 'train': expected a mapping of label to templates")
+        extras[path.name] = spec["train"]
+    return extras
+
+
 def run(
     task: str,
     name: str,
@@ -144,9 +171,10 @@ def run(
     out: Path,
     backbone: Any,
     source: Path | None = None,
+    extra: Path | None = None,
 ) -> dict[str, Any]:
     work = out / name / f"seed{seed}"
-    templates = split_templates(task, work, dev_share=0.25, seed=seed, source_root=source)
+    templates = split_templates(task, work, dev_share=0.25, seed=seed, source_root=source, extra_root=extra)
     # The quickstart's own data, with the held-out training templates as its check set.
     paths = write_data(task, work / "data", seed, templates=templates)
     train_path, val_path, dev_path = paths["train"], paths["val"], paths["check"]
@@ -202,6 +230,11 @@ def main() -> None:
     parser.add_argument(
         "--templates", type=Path, help="a folder of <task>/<family>.yaml to split instead of the built-in one"
     )
+    parser.add_argument(
+        "--add-train",
+        type=Path,
+        help="a folder of <task>/<family>.yaml whose train templates join the training pools after the split",
+    )
     args = parser.parse_args()
     settings = [parse_setting(spec) for spec in args.setting or ["baseline:"]]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -212,7 +245,9 @@ def main() -> None:
     with (args.out / "results.jsonl").open("a", encoding="utf-8") as log:
         for name, overrides in settings:
             for seed in seeds:
-                result = run(args.task, name, overrides, seed, args.out, backbone, args.templates)
+                result = run(
+                    args.task, name, overrides, seed, args.out, backbone, args.templates, args.add_train
+                )
                 log.write(json.dumps(result) + "\n")
                 log.flush()
                 results.append(result)
