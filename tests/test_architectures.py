@@ -24,7 +24,7 @@ from guardtune.api import Classifier, TrainReport, train
 from guardtune.errors import GuardtuneError
 from guardtune.export import export_model
 from guardtune.methods import LoraSettings, available_methods
-from guardtune.methods.common import pad_batch
+from guardtune.methods.decoder import pad_batch
 from guardtune.methods.lora import linear_module_suffixes
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings

@@ -14,7 +14,7 @@ from guardtune.backbone import load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, get_method
-from guardtune.methods.common import last_token_states
+from guardtune.methods.decoder import last_token_states
 from guardtune.methods.head import HEAD_FILE
 from guardtune.task import load_task
 from guardtune.train import TrainSettings, fit
@@ -124,7 +124,7 @@ def test_multi_label_head_trains_with_positive_weights(tiny_base: str, tmp_path:
 
 
 def _batch(method, texts):
-    from guardtune.methods.common import pad_batch
+    from guardtune.methods.decoder import pad_batch
 
     return pad_batch(method.backbone.tokenizer, method.encode(texts), method.backbone.device)
 

@@ -13,7 +13,7 @@ from guardtune.backbone import load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, available_methods, get_method
-from guardtune.methods.common import pad_batch
+from guardtune.methods.decoder import pad_batch
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 
