@@ -4,8 +4,9 @@ On the same base model, the same messages and the same trained adapters, this me
 
 (a) the seeds' way: ``AutoModelForCausalLM`` + the method's LoRA adapter (PEFT), greedy
     ``generate()`` of up to 8 new tokens, one prompt at a time, full LM head, fp32; the label is
-    parsed from the generated text. Run with the adapter of each prompt-based method
-    (``label-tokens``, ``generate``), so guardtune's fast path can be checked against it.
+    parsed from the generated text. Run with the adapter of each method that reads a prompt
+    (``reads_prompt`` in the registry: ``label-tokens``, ``generate``), so guardtune's fast path
+    can be checked against it.
 (b) the common way: ``AutoModelForSequenceClassification`` + a PEFT LoRA adapter (same r, alpha
     and target modules), batched, fp32. Its classification head is untrained: only its speed
     means anything.
@@ -42,8 +43,6 @@ import numpy as np
 import torch
 
 SEEDS, SEQCLS, GUARDTUNE = "seeds", "seqcls", "guardtune"
-PROMPT_METHODS = ("label-tokens", "generate")
-ALL_METHODS = ("head", "label-tokens", "generate")
 RESULT_KEYS = (
     "path",
     "kind",
@@ -507,6 +506,8 @@ def build_row(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from guardtune.methods import available_methods
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--base", default="gemma-3-270m", help="HF dir, .gguf or gemma-3-270m")
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-steps", type=int, default=40, help="without --model: steps per method")
     parser.add_argument("--train-rows", type=int, default=1200, help="without --model: training rows")
     parser.add_argument("--train-batch-size", type=int, default=16)
-    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    parser.add_argument("--methods", nargs="+", default=available_methods(), choices=available_methods())
     parser.add_argument("--n", type=int, default=1000, help="messages per path")
     parser.add_argument("--slow-n", type=int, help="messages for (a), one at a time (default: --n)")
     parser.add_argument("--latency-n", type=int, default=50, help="single-message calls for p50/p95")
@@ -541,6 +542,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     from guardtune.data.synth import sample
+    from guardtune.methods import get_method
     from guardtune.modeldir import read_manifest
 
     isolate = not args.no_isolate
@@ -572,7 +574,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     predictions: dict[tuple[str, str], list[Any]] = {}
     by_method = {manifests[path].method: path for path in models}
-    seed_methods = [m for m in PROMPT_METHODS if m in by_method] or [next(iter(by_method))]
+    prompt_methods = [m for m in available_methods() if get_method(m).reads_prompt]
+    seed_methods = [m for m in prompt_methods if m in by_method] or [next(iter(by_method))]
     for method in seed_methods:
         spec = {**common, "kind": SEEDS, "method": method, "model": str(by_method[method]), "n": slow_n}
         spec["dtype"] = "fp32"
@@ -634,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skips the reused prompt prefix), plus the full LM head per generated token for (a); "
         "guardtune's label rows and linear head are not counted.",
     ]
-    if not any(m in PROMPT_METHODS for m in by_method):
+    if not any(m in prompt_methods for m in by_method):
         notes.append(
             f"no prompt-based model given: (a) ran with the {seed_methods[0]} adapter, which is not "
             "trained to generate a label, so its macro-F1 means nothing (its speed does)."

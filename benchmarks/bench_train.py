@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-ALL_METHODS = ("head", "label-tokens", "generate")
 RESULT_KEYS = (
     "trainer",
     "method",
@@ -116,12 +115,7 @@ def guardtune_runs(
             steady_examples_per_s=timer.steady_rate(args.batch_size),
             mean_tokens_per_example=float(np.mean([len(f["input_ids"]) for f in features])),
             final_loss=result.train_loss,
-            note={
-                "head": "message only, linear head on the last token",
-                "label-tokens": "prompt, loss on the label-token rows of the LM head at the answer",
-                "generate": "prompt + answer, loss on the answer tokens over the answer-token rows",
-            }[name]
-            + "; includes the end-of-run light checkpoint",
+            note=method.info.description + "; includes the end-of-run light checkpoint",
         )
         rows.append(out)
     return rows
@@ -271,7 +265,9 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="gemma-3-270m", help="HF dir, .gguf or gemma-3-270m")
-    parser.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    from guardtune.methods import available_methods
+
+    parser.add_argument("--methods", nargs="+", default=available_methods(), choices=available_methods())
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)

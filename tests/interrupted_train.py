@@ -34,7 +34,7 @@ def _fit_then_stop(*args: Any, **kwargs: Any) -> Any:
     return _fit(*args, callbacks=[_StopAfterSave()], **kwargs)
 
 
-# guardtune.api.train imports fit from guardtune.train when it runs, so it picks this up.
+# guardtune.training.train imports fit from guardtune.train when it runs, so it picks this up.
 guardtune.train.fit = _fit_then_stop
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from guardtune.api import Classifier, TrainReport, train
 from guardtune.errors import GuardtuneError
 from guardtune.export import export_model
-from guardtune.methods import LoraSettings, available_methods
-from guardtune.methods.common import pad_batch
+from guardtune.methods import LoraSettings, available_methods, get_method
+from guardtune.methods.decoder import pad_batch
 from guardtune.methods.lora import linear_module_suffixes
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
@@ -42,7 +42,7 @@ SETTINGS = TrainSettings(
 )
 # Messages of different lengths, so a batch carries padding.
 TEXTS = ["whats ur snap", "gg nice game win tower level map", "my number is here call me", "where"]
-PROMPT_METHODS = [m for m in available_methods() if m != "head"]
+PROMPT_METHODS = [m for m in available_methods() if get_method(m).reads_prompt]
 
 
 class Matrix:

@@ -17,7 +17,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.eval.metrics import multi_label_metrics
 from guardtune.infer import predict_scores
 from guardtune.long_text import head_and_tail, text_windows
-from guardtune.methods.common import multi_label_loss
+from guardtune.methods.losses import multi_label_loss
 from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings

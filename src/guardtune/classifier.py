@@ -9,7 +9,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from guardtune.backbone import Backbone, load_backbone
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE, Calibration, calibrated_task, read_calibration
 from guardtune.infer import predict_scores
-from guardtune.methods import get_method
+from guardtune.methods import LoraMethod, get_method
 from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
 from guardtune.precision import is_quantized, quantize_projections
@@ -47,7 +46,7 @@ class Classifier:
 
     def __init__(
         self,
-        method: Any,
+        method: LoraMethod,
         manifest: Manifest,
         directory: Path | None = None,
         calibration: Calibration | None = None,

@@ -162,7 +162,12 @@ def train(
         Path | None, typer.Option("--val", help="Validation rows; default: 10% of --train.")
     ] = None,
     base: BaseOption = DEFAULT_BASE,
-    method: Annotated[str, typer.Option(help="head, label-tokens or generate.")] = "head",
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="A registered method (`guardtune methods` lists them); default: the one marked there."
+        ),
+    ] = None,
     epochs: EpochsOption = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
     batch_size: Annotated[
@@ -208,7 +213,7 @@ def train(
     """Train a LoRA classifier and write its model directory."""
     from guardtune.api import train as train_model
     from guardtune.eval import metrics_rich_table
-    from guardtune.methods import LoraSettings
+    from guardtune.methods import DEFAULT_METHOD, LoraSettings
     from guardtune.methods.lora import DEFAULT_TARGETS
     from guardtune.train import TrainSettings
 
@@ -241,7 +246,7 @@ def train(
         out_dir,
         val_path=val_file,
         base=base,
-        method=method,
+        method=method or DEFAULT_METHOD,
         settings=settings,
         resume=resume,
         overwrite=overwrite,
@@ -297,7 +302,9 @@ def compare(
     val_file: Annotated[Path, typer.Option("--val", help="Validation rows.")],
     test_file: Annotated[Path, typer.Option("--test", help="Test rows.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for models, reports and the table.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods.")] = "head,label-tokens,generate",
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated methods (default: every registered method).")
+    ] = None,
     base: BaseOption = DEFAULT_BASE,
     epochs: EpochsOption = 3.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop each run after this many steps.")] = None,
@@ -308,6 +315,7 @@ def compare(
 ) -> None:
     """Train several methods on the same data and write one comparison table."""
     from guardtune.compare import compare_methods, comparison_markdown
+    from guardtune.methods import available_methods
     from guardtune.task import load_task
     from guardtune.train import TrainSettings
 
@@ -319,7 +327,7 @@ def compare(
         dtype=dtype,
         seed=seed,
     )
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = available_methods() if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     rows = compare_methods(
         task, train_file, val_file, test_file, out_dir, names, base=base, settings=settings
     )
@@ -564,11 +572,17 @@ def validate(task: Annotated[str, typer.Argument(help="Task YAML file or built-i
 
 @app.command("methods")
 def list_methods() -> None:
-    """List the registered adaptation methods and built-in tasks."""
-    from guardtune.methods import available_methods
+    """List the registered adaptation methods (what each reads, how it exports) and built-in tasks."""
+    from guardtune.methods import DEFAULT_METHOD, available_methods, get_method
     from guardtune.task import builtin_tasks
 
     out.print("methods: " + ", ".join(available_methods()))
+    for name in available_methods():
+        info = get_method(name).info
+        default = " (default)" if name == DEFAULT_METHOD else ""
+        exports = ", ".join(info.export_formats) or "none"
+        line = f"  {name}{default}: {info.description}; export: {exports}"
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     out.print("tasks: " + ", ".join(sorted(builtin_tasks())))
 
 

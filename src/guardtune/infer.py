@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guardtune.long_text import message_budget, text_windows
-from guardtune.methods.common import pad_batch
+from guardtune.long_text import text_windows
+from guardtune.methods.base import LoraMethod
+from guardtune.methods.decoder import pad_batch
 
 
-def _fits_window(method: Any, encoded: list[list[int]]) -> bool:
+def _fits_window(method: LoraMethod, encoded: list[list[int]]) -> bool:
     # Rows padded after a cached prefix carry their padding mid-sequence; a sliding-window layer
     # counts those pads as distance, so reuse only when every prompt fits inside the window.
+    # (A model config attribute, not a method's: configs without sliding windows lack it.)
     window = getattr(method.backbone.model.config.get_text_config(), "sliding_window", None)
-    longest = max(len(ids) for ids in encoded) + getattr(method, "longest_answer", 0)
+    longest = max(len(ids) for ids in encoded) + method.longest_answer
     return window is None or longest < window
 
 
 def predict_scores(
-    method: Any,
+    method: LoraMethod,
     texts: list[str],
     batch_size: int = 32,
     progress: bool = False,
@@ -63,9 +63,8 @@ def predict_scores(
                 chunk = order[start : start + batch_size]
                 rows = [encoded[i][prefix_length:] for i in chunk]
                 batch = pad_batch(method.backbone.tokenizer, rows, device)
-                if prefix is not None:
-                    batch["prefix"] = prefix
-                scores[chunk] = method.scores(**batch).float().cpu().numpy()
+                out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
+                scores[chunk] = out.float().cpu().numpy()
                 bar.update(len(chunk))
     finally:
         if was_training:
@@ -74,10 +73,10 @@ def predict_scores(
 
 
 def _most_flagged_window(
-    method: Any, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
+    method: LoraMethod, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
 ) -> np.ndarray:
     """Score every window of every text; each text gets the scores of its most flagged window."""
-    budget = message_budget(method)
+    budget = method.message_budget()
     owners: list[int] = []
     windows: list[str] = []
     for index, text in enumerate(texts):

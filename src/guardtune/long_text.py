@@ -25,15 +25,6 @@ def head_and_tail(ids: list[int], budget: int) -> list[int]:
     return ids[:head] + (ids[len(ids) - tail :] if tail else [])
 
 
-def message_budget(method: Any) -> int:
-    """How many of a message's own tokens a method reads (its prompt and answer excluded)."""
-    prompt = getattr(method, "prompt", None)
-    if prompt is not None:
-        reserve = getattr(method, "longest_answer", 0)
-        return int(method.max_length - len(prompt.prefix) - len(prompt.suffix) - reserve)
-    return int(method.max_length) - 1  # the BOS token
-
-
 def text_windows(tokenizer: Any, text: str, budget: int, overlap: float = 0.25) -> list[str]:
     """``text`` cut into windows of at most ``budget`` tokens, overlapping by ``overlap``.
 

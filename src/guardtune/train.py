@@ -1,8 +1,9 @@
 """One training loop for every method, on the Hugging Face Trainer.
 
-Methods differ only through their interface (``encode``, ``targets``, ``forward`` returning a loss,
-``trainable_state_dict``); checkpoints hold only the trainable parameters, so they are small and
-``--resume`` continues from the last one.
+Methods differ only through their interface (:class:`guardtune.methods.base.LoraMethod`:
+``features``, ``collate``, ``forward`` returning a loss, ``trainable_state_dict``); checkpoints
+hold only the trainable parameters, so they are small and ``--resume`` continues from the last
+one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.backbone import DEVICES
 from guardtune.errors import GuardtuneError
+from guardtune.methods.base import LoraMethod
 from guardtune.methods.lora import LoraSettings
 from guardtune.quantize import QUANTIZE_MODES
 
@@ -226,11 +228,11 @@ class _TrainableOnlyTrainer(Trainer):
         return self.global_sampler
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        model: Any = self.model
-        super()._save(output_dir, state_dict=model.trainable_state_dict())
+        method = cast(LoraMethod, self.model)  # fit hands the Trainer a method as its model
+        super()._save(output_dir, state_dict=method.trainable_state_dict())
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
-        model = model or self.model
+        model = cast(LoraMethod, model or self.model)
         path = Path(resume_from_checkpoint) / CHECKPOINT_WEIGHTS
         if not path.is_file():
             raise GuardtuneError(f"--resume: {resume_from_checkpoint} has no {CHECKPOINT_WEIGHTS}")
@@ -264,7 +266,7 @@ def _compute_metrics(mode: str) -> Any:
 
 
 def fit(
-    method: Any,
+    method: LoraMethod,
     train_texts: list[str],
     train_labels: list[Any],
     settings: TrainSettings,

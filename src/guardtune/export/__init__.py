@@ -6,8 +6,10 @@ from pathlib import Path
 
 from guardtune.errors import GuardtuneError
 from guardtune.export.gguf_file import OutType, write_gguf
-from guardtune.export.merge import MergedModel, merge_model
+from guardtune.export.merge import MergedModel, check_format, merge_model
 from guardtune.export.merged import write_merged
+from guardtune.methods import get_method
+from guardtune.modeldir import MANIFEST, read_manifest
 
 FORMATS = ("merged", "gguf")
 
@@ -32,7 +34,8 @@ def export_model(
         ``out``, complete (it is written under a temporary name and renamed).
 
     Raises:
-        GuardtuneError: unknown format, ``out`` exists, or the model cannot take that format.
+        GuardtuneError: unknown format, ``out`` exists, or the model's method cannot take that
+            format (checked before the base loads).
 
     Example:
         >>> export_model("runs/pii", "merged", "exports/pii")
@@ -44,6 +47,9 @@ def export_model(
         raise GuardtuneError(f"--out {out}: already exists (pass --overwrite to replace it)")
     if fmt == "gguf" and outtype not in ("f16", "f32"):
         raise GuardtuneError(f"--outtype: expected f16 or f32, found {outtype!r}")
+    manifest = read_manifest(Path(model_dir))
+    where = f"{Path(model_dir) / MANIFEST}: key 'method'"
+    check_format(Path(model_dir), get_method(manifest.method, where=where), fmt)
     merged = merge_model(model_dir)
     if fmt == "merged":
         return write_merged(merged, out, overwrite=overwrite)

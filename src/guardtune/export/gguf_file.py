@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from guardtune.atomic import atomic_file
 from guardtune.backbone import EMBEDDED_BASES, _embedded_gguf
 from guardtune.errors import GuardtuneError
-from guardtune.export.merge import MergedModel
+from guardtune.export.merge import MergedModel, check_format
 from guardtune.export.prompt import chat_template
 
 OutType = Literal["f16", "f32"]
@@ -199,7 +199,7 @@ def write_gguf(merged: MergedModel, out: Path, outtype: OutType = "f16", overwri
     """Write the merged causal LM of ``merged`` as a GGUF file at ``out`` (atomically).
 
     Raises:
-        GuardtuneError: the method has no causal-LM form (``head``), the model family or its
+        GuardtuneError: the method has no GGUF form (its ``info.export_formats``), the model family or its
             configuration is not one llama.cpp runs as written, or ``out`` exists.
     """
     out = Path(out)
@@ -207,11 +207,7 @@ def write_gguf(merged: MergedModel, out: Path, outtype: OutType = "f16", overwri
         raise GuardtuneError(f"--outtype: expected f16 or f32, found {outtype!r}")
     if out.exists() and not overwrite:
         raise GuardtuneError(f"--out {out}: already exists (pass --overwrite to replace it)")
-    if merged.manifest.method == "head":
-        raise GuardtuneError(
-            f"--format gguf: {merged.directory} uses the head method, whose classifier llama.cpp "
-            "cannot run; use --format merged (AutoModelForSequenceClassification) instead"
-        )
+    check_format(merged.directory, type(merged.method), "gguf")
     config = merged.model.config
     arch = ARCHITECTURES.get(config.model_type)
     if arch is None:
@@ -240,7 +236,8 @@ def write_gguf(merged: MergedModel, out: Path, outtype: OutType = "f16", overwri
         # llama.cpp adds BOS itself when the file says so; then the template must leave it out.
         add_bos = writer.kv_data[0].get("tokenizer.ggml.add_bos_token")
         with_bos = not (add_bos is not None and bool(add_bos.value))
-        writer.add_chat_template(chat_template(merged.method.prompt, with_bos=with_bos))
+        if merged.method.prompt is not None:
+            writer.add_chat_template(chat_template(merged.method.prompt, with_bos=with_bos))
         for name, array in tensors.items():
             writer.add_tensor(name, array)
         writer.write_header_to_file()

@@ -10,8 +10,12 @@ import torch
 from transformers import PreTrainedModel
 
 from guardtune.backbone import load_backbone
-from guardtune.methods import get_method
+from guardtune.errors import GuardtuneError
+from guardtune.methods import LoraMethod, get_method
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
+
+# What loads each merged form in transformers (named in errors that point to another format).
+LOADERS = {"sequence-classifier": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
 
 
 @dataclass
@@ -20,9 +24,24 @@ class MergedModel:
 
     directory: Path
     manifest: Manifest
-    method: Any
+    method: LoraMethod
     model: PreTrainedModel
     tokenizer: Any
+
+
+def check_format(directory: Path, method_cls: type[LoraMethod], fmt: str) -> None:
+    """Refuse ``fmt`` in one line unless the method's :class:`~guardtune.methods.MethodInfo` lists it."""
+    info = method_cls.info
+    if fmt in info.export_formats:
+        return
+    what = f"--format {fmt}: {directory} uses the {method_cls.name} method"
+    if fmt == "gguf" and info.merged_as is not None:
+        raise GuardtuneError(
+            f"{what}, whose classifier llama.cpp cannot run; use --format merged "
+            f"({LOADERS[info.merged_as]}) instead"
+        )
+    others = ", ".join(info.export_formats) or "none"
+    raise GuardtuneError(f"{what}, which exports as: {others}")
 
 
 def merge_model(directory: str | Path) -> MergedModel:

@@ -1,10 +1,13 @@
 """``--format merged``: a standard Hugging Face model directory other tools load without guardtune.
 
-- ``head``: a ``*ForSequenceClassification`` model (the merged decoder plus the trained head as
-  ``score``), so ``AutoModelForSequenceClassification.from_pretrained`` gives guardtune's scores.
-- ``label-tokens``: the merged causal LM, its prompt as the chat template, and the
-  ``classifier_from_token`` / ``method`` config keys vLLM reads to serve it as a classifier.
-- ``generate``: the merged causal LM and its prompt as the chat template.
+The method's ``info.merged_as`` says which form it takes:
+
+- ``sequence-classifier`` (``head``): a ``*ForSequenceClassification`` model (the merged decoder
+  plus the method's linear head as ``score``), so ``AutoModelForSequenceClassification`` gives
+  guardtune's scores.
+- ``causal-lm`` (``label-tokens``, ``generate``): the merged causal LM with the method's prompt as
+  the chat template; when the scores are a softmax over label-token rows (``label-tokens``), also
+  the ``classifier_from_token`` / ``method`` config keys vLLM reads to serve it as a classifier.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICA
 from guardtune.atomic import atomic_dir
 from guardtune.errors import GuardtuneError
 from guardtune.export.card import export_card
-from guardtune.export.merge import MergedModel
+from guardtune.export.merge import MergedModel, check_format
 from guardtune.export.prompt import EXPORT_FILE, chat_template, export_record
 from guardtune.methods.head import HEAD_FILE
 
@@ -40,10 +43,13 @@ def sequence_classifier(merged: MergedModel) -> PreTrainedModel:
     """The merged decoder and the head as transformers' ``*ForSequenceClassification`` model.
 
     Raises:
-        GuardtuneError: the head has a bias (transformers' ``score`` has none), or the model
-            family has no sequence-classification class in transformers.
+        GuardtuneError: the method has no linear head, the head has a bias (transformers'
+            ``score`` has none), or the model family has no sequence-classification class in
+            transformers.
     """
-    head: nn.Linear = merged.method.classifier
+    head = merged.method.linear_head()
+    if head is None:
+        raise GuardtuneError(f"{merged.directory}: the {merged.manifest.method} method has no linear head")
     if head.bias is not None:
         raise GuardtuneError(
             f"{merged.directory / HEAD_FILE}: the head has a bias, which transformers' "
@@ -81,9 +87,8 @@ def sequence_classifier(merged: MergedModel) -> PreTrainedModel:
     return model
 
 
-def _vllm_keys(merged: MergedModel, config: Any) -> list[str]:
+def _vllm_keys(merged: MergedModel, config: Any, ids: list[int]) -> list[str]:
     """Add what vLLM's classify conversion reads to ``config``; returns the label tokens."""
-    ids = list(merged.method.label_ids)
     tokens = merged.tokenizer.convert_ids_to_tokens(ids)
     # vLLM maps these strings back with convert_tokens_to_ids, so they must round-trip exactly.
     if merged.tokenizer.convert_tokens_to_ids(tokens) != ids:
@@ -105,16 +110,18 @@ def write_merged(merged: MergedModel, out: Path, overwrite: bool = False) -> Pat
     out = Path(out)
     if out.exists() and not overwrite:
         raise GuardtuneError(f"--out {out}: already exists (pass --overwrite to replace it)")
-    method = merged.manifest.method
+    method = merged.method
+    check_format(merged.directory, type(method), "merged")
     label_tokens: list[str] | None = None
     tokenizer = merged.tokenizer
-    if method == "head":
+    if method.info.merged_as == "sequence-classifier":
         model = sequence_classifier(merged)
     else:
         model = merged.model
-        if method == "label-tokens":
-            label_tokens = _vllm_keys(merged, model.config)
-        tokenizer.chat_template = chat_template(merged.method.prompt)
+        if method.classifier_tokens is not None:
+            label_tokens = _vllm_keys(merged, model.config, list(method.classifier_tokens))
+        if method.prompt is not None:
+            tokenizer.chat_template = chat_template(method.prompt)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

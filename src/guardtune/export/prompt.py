@@ -1,16 +1,20 @@
 """The task's prompt for servers that do not run guardtune: a chat template and a JSON record.
 
-``label-tokens`` and ``generate`` score or answer a prompt wrapped around the message. A merged
-model carries that wrapping as its chat template, so a server's chat or classify endpoint that
-takes ``messages`` builds the same prompt guardtune builds, from the last message's text.
+Methods that read a prompt (``label-tokens``, ``generate``) score or answer it wrapped around the
+message. A merged model carries that wrapping as its chat template, so a server's chat or classify
+endpoint that takes ``messages`` builds the same prompt guardtune builds, from the last message's
+text.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardtune.methods.prompting import PromptEncoder
+
+if TYPE_CHECKING:
+    from guardtune.export.merge import MergedModel
 
 EXPORT_FILE = "guardtune_export.json"
 EXPORT_FORMAT_VERSION = 1
@@ -38,7 +42,7 @@ def chat_template(prompt: PromptEncoder, with_bos: bool = True) -> str:
     return "{{ " + before + " + messages[-1]['content'] + " + after + " }}"
 
 
-def export_record(merged: Any, label_tokens: list[str] | None = None) -> dict[str, Any]:
+def export_record(merged: MergedModel, label_tokens: list[str] | None = None) -> dict[str, Any]:
     """What ``guardtune_export.json`` says: method, labels, prompt and label tokens."""
     manifest = merged.manifest
     record: dict[str, Any] = {
@@ -52,7 +56,7 @@ def export_record(merged: Any, label_tokens: list[str] | None = None) -> dict[st
         "max_length": manifest.max_length,
         "versions": manifest.versions,
     }
-    prompt = getattr(merged.method, "prompt", None)
+    prompt = merged.method.prompt
     if prompt is not None:
         has_bos, before = split_bos(prompt)
         record["prompt"] = {
@@ -64,6 +68,6 @@ def export_record(merged: Any, label_tokens: list[str] | None = None) -> dict[st
     if label_tokens is not None:
         record["label_tokens"] = {
             "tokens": label_tokens,
-            "token_ids": list(merged.method.label_ids),
+            "token_ids": list(merged.method.classifier_tokens or []),
         }
     return record

@@ -25,8 +25,8 @@ from transformers import DataCollatorForSeq2Seq
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.base import PromptMethod
-from guardtune.methods.common import (
+from guardtune.methods.base import MethodInfo, PromptMethod
+from guardtune.methods.decoder import (
     PrefixState,
     decoder_states,
     decoder_states_after,
@@ -34,13 +34,18 @@ from guardtune.methods.common import (
     output_cache,
     pad_batch,
 )
-from guardtune.methods.label_tokens import label_token_ids
+from guardtune.methods.prompting import label_token_ids
 from guardtune.methods.registry import register_method
 from guardtune.task import TaskSpec
 
 SAFE, UNSAFE = "safe", "unsafe"
 MAX_CATEGORIES = 10  # 2^10 valid answers; the trie stays small
 IGNORE = -100
+USAGE = (
+    "The merged causal LM answers the prompt in `guardtune_export.json` (also the chat "
+    "template) with the label text (multi-label: `safe`, or `unsafe` and the category codes "
+    "on the next line). Greedy decoding of a few tokens is enough."
+)
 
 
 @dataclass
@@ -79,7 +84,13 @@ def _build_trie(answers: list[Answer]) -> TrieNode:
 class GenerateMethod(PromptMethod):
     """LoRA + supervised fine-tuning on exact answers; constrained decoding at inference."""
 
-    name = "generate"
+    info = MethodInfo(
+        description="prompt + answer, loss on the answer tokens over the answer-token rows",
+        export_formats=("merged", "gguf"),
+        merged_as="causal-lm",
+        card_usage=USAGE,
+    )
+    logits_in_forward = False
 
     def __init__(self, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int) -> None:
         if task.overall is not None:
@@ -93,7 +104,6 @@ class GenerateMethod(PromptMethod):
         self.answers = self._answers()
         self.by_text = {answer.text: answer for answer in self.answers}
         self.trie = _build_trie(self.answers)
-        self.logits_in_forward = False
         self.longest_answer = max(len(answer.tokens) for answer in self.answers)
         self._collator = DataCollatorForSeq2Seq(backbone.tokenizer, label_pad_token_id=IGNORE, padding=True)
         if task.mode == "multi":
@@ -164,6 +174,7 @@ class GenerateMethod(PromptMethod):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         soft_labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,  # guard tasks with unknown values are refused
     ) -> dict[str, torch.Tensor]:
         """Cross-entropy on the answer tokens only (the prompt is masked out).
 

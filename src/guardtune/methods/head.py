@@ -19,19 +19,25 @@ from transformers import DataCollatorWithPadding
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 from guardtune.long_text import head_and_tail
-from guardtune.methods.base import LoraMethod
-from guardtune.methods.common import (
-    decoder_states,
-    label_features,
-    last_token_states,
-    multi_label_loss,
-    single_label_loss,
-)
+from guardtune.methods.base import LoraMethod, MethodInfo
+from guardtune.methods.decoder import PrefixState, decoder_states_after, last_token_states
+from guardtune.methods.losses import label_features, multi_label_loss, single_label_loss
 from guardtune.methods.registry import register_method
 from guardtune.modeldir import read_tensors
 from guardtune.task import TaskSpec
 
 HEAD_FILE = "head.safetensors"
+USAGE = (
+    "```python\n"
+    "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+    'tokenizer = AutoTokenizer.from_pretrained("THIS_DIR")\n'
+    'model = AutoModelForSequenceClassification.from_pretrained("THIS_DIR")\n'
+    'batch = tokenizer(["whats ur snap?"], return_tensors="pt", padding=True)\n'
+    "logits = model(**batch).logits\n"
+    "{activation}\n"
+    "```\n\n"
+    "The message is scored as it is, with no prompt around it."
+)
 
 
 def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0) -> torch.Tensor:
@@ -48,7 +54,14 @@ def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0)
 class HeadMethod(LoraMethod):
     """LoRA + linear classification head on the last token's hidden state."""
 
-    name = "head"
+    info = MethodInfo(
+        description="message only, linear head on the last token",
+        # llama.cpp cannot run the linear head; transformers' *ForSequenceClassification can.
+        export_formats=("merged",),
+        merged_as="sequence-classifier",
+        card_usage=USAGE,
+    )
+    logits_in_forward = True
 
     def __init__(
         self,
@@ -67,8 +80,6 @@ class HeadMethod(LoraMethod):
         # BCE positive weights per label; weigh_labels sets them from the training labels.
         ones = torch.ones(len(task.labels), device=backbone.device)
         self.register_buffer("pos_weight", ones, persistent=False)
-        self.logits_in_forward = True
-        self.shared_prefix: list[int] = []  # the message alone: nothing to reuse
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
 
     # -- building and persistence -------------------------------------------------------------
@@ -122,9 +133,7 @@ class HeadMethod(LoraMethod):
         soft_labels: torch.Tensor | None = None,
         label_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        hidden = decoder_states(self, input_ids, attention_mask).last_hidden_state
-        pooled = last_token_states(hidden, attention_mask).float()
-        logits = self.classifier(pooled)
+        logits = self._logits(input_ids, attention_mask)
         output = {"logits": logits}
         if labels is not None:
             if self.task.mode == "single":
@@ -135,12 +144,24 @@ class HeadMethod(LoraMethod):
                 )
         return output
 
+    def _logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
+    ) -> torch.Tensor:
+        hidden = decoder_states_after(self, prefix, input_ids, attention_mask).last_hidden_state
+        return self.classifier(last_token_states(hidden, attention_mask).float())
+
     def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities: softmax for single-label, independent sigmoids for multi."""
         if self.task.mode == "single":
             return torch.softmax(logits.float(), dim=-1)
         return torch.sigmoid(logits.float())
 
-    def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-label probabilities for one padded batch."""
-        return self.scores_from_logits(self.forward(input_ids, attention_mask)["logits"])
+    def scores(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
+    ) -> torch.Tensor:
+        """Per-label probabilities for one padded batch (the message alone has no shared prefix,
+        so ``prefix`` is None unless a caller made one)."""
+        return self.scores_from_logits(self._logits(input_ids, attention_mask, prefix))
+
+    def linear_head(self) -> nn.Linear:
+        return self.classifier

@@ -18,48 +18,39 @@ from transformers import DataCollatorWithPadding
 
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
-from guardtune.methods.base import PromptMethod
-from guardtune.methods.common import (
-    PrefixState,
-    decoder_states_after,
-    label_features,
-    last_token_states,
-    lm_head_rows,
-    single_label_loss,
-)
-from guardtune.methods.prompting import PromptEncoder
+from guardtune.methods.base import MethodInfo, PromptMethod
+from guardtune.methods.decoder import PrefixState, decoder_states_after, last_token_states, lm_head_rows
+from guardtune.methods.losses import label_features, single_label_loss
+from guardtune.methods.prompting import label_token_ids
 from guardtune.methods.registry import register_method
 from guardtune.modeldir import read_json_object
 from guardtune.task import TaskSpec
 
 LABEL_TOKENS_FILE = "label_tokens.json"
-
-
-def label_token_ids(task: TaskSpec, prompt: PromptEncoder) -> list[int]:
-    """First token of each label's answer text; colliding labels are refused."""
-    firsts = []
-    for name in task.label_names:
-        ids = prompt.answer_ids(name)
-        if not ids:
-            raise GuardtuneError(f"task {task.name}: label {name!r} maps to no token")
-        firsts.append(ids[0])
-    decode = prompt.tokenizer.convert_ids_to_tokens
-    seen: dict[int, str] = {}
-    for name, token in zip(task.label_names, firsts, strict=True):
-        if token in seen:
-            raise GuardtuneError(
-                f"task {task.name}: labels {seen[token]!r} and {name!r} both start with token "
-                f"{decode(token)!r}; rename one so their first tokens differ"
-            )
-        seen[token] = name
-    return firsts
+USAGE = (
+    "The merged causal LM scores the prompt in `guardtune_export.json` (also the chat "
+    "template): each label's score is the softmax over the label tokens' logits at the last "
+    "prompt token. `config.json` carries `classifier_from_token` and `method` so vLLM serves "
+    "it as a classifier:\n\n"
+    "```bash\n"
+    "vllm serve THIS_DIR --runner pooling --convert classify\n"
+    "curl localhost:8000/classify -H 'Content-Type: application/json' \\\n"
+    '  -d \'{"model": "THIS_DIR", "messages": [{"role": "user", "content": "whats ur snap?"}]}\'\n'
+    "```"
+)
 
 
 @register_method("label-tokens")
 class LabelTokensMethod(PromptMethod):
     """LoRA + the LM head's label rows at the answer position."""
 
-    name = "label-tokens"
+    info = MethodInfo(
+        description="prompt, loss on the label-token rows of the LM head at the answer",
+        export_formats=("merged", "gguf"),
+        merged_as="causal-lm",
+        card_usage=USAGE,
+    )
+    logits_in_forward = True
 
     def __init__(self, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int) -> None:
         if task.mode != "single":
@@ -68,7 +59,6 @@ class LabelTokensMethod(PromptMethod):
             )
         super().__init__(backbone, adapter_name, task, max_length)
         self.label_ids = label_token_ids(task, self.prompt)
-        self.logits_in_forward = True
         self._collator = DataCollatorWithPadding(backbone.tokenizer)
 
     @classmethod
@@ -115,6 +105,7 @@ class LabelTokensMethod(PromptMethod):
         attention_mask: torch.Tensor,
         labels: torch.Tensor | None = None,
         soft_labels: torch.Tensor | None = None,
+        label_mask: torch.Tensor | None = None,  # single-label: every gold value is known
     ) -> dict[str, torch.Tensor]:
         logits = self.label_logits(input_ids, attention_mask)
         output = {"logits": logits}
@@ -126,3 +117,7 @@ class LabelTokensMethod(PromptMethod):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
     ) -> torch.Tensor:
         return torch.softmax(self.label_logits(input_ids, attention_mask, prefix), dim=-1)
+
+    @property
+    def classifier_tokens(self) -> list[int]:
+        return self.label_ids

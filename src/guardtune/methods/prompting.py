@@ -1,4 +1,5 @@
-"""Prompts for the methods that read an instruction: the task's template around the message.
+"""Prompts for the methods that read an instruction: the task's template around the message, and
+the label tokens that answer it.
 
 The prompt is split at ``{text}`` into a fixed prefix and suffix that are tokenized once; only the
 message is truncated, so the instruction and the answer position always survive, and every prompt
@@ -90,3 +91,23 @@ class PromptEncoder:
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as it follows the prompt."""
         return list(self.tokenizer(self.answer_prefix + answer, add_special_tokens=False)["input_ids"])
+
+
+def label_token_ids(task: TaskSpec, prompt: PromptEncoder) -> list[int]:
+    """First token of each label's answer text; colliding labels are refused."""
+    firsts = []
+    for name in task.label_names:
+        ids = prompt.answer_ids(name)
+        if not ids:
+            raise GuardtuneError(f"task {task.name}: label {name!r} maps to no token")
+        firsts.append(ids[0])
+    decode = prompt.tokenizer.convert_ids_to_tokens
+    seen: dict[int, str] = {}
+    for name, token in zip(task.label_names, firsts, strict=True):
+        if token in seen:
+            raise GuardtuneError(
+                f"task {task.name}: labels {seen[token]!r} and {name!r} both start with token "
+                f"{decode(token)!r}; rename one so their first tokens differ"
+            )
+        seen[token] = name
+    return firsts

@@ -6,15 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, TrainerCallback
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
 from guardtune.api import Classifier, train
 from guardtune.backbone import load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, get_method
-from guardtune.methods.common import last_token_states
 from guardtune.methods.head import HEAD_FILE
 from guardtune.task import load_task
 from guardtune.train import TrainSettings, fit
@@ -100,14 +99,6 @@ def test_adapter_disabled_is_exactly_the_base_model(tiny_base: str, trained) -> 
     assert not torch.allclose(adapted, base)  # the trained adapter does change the model
 
 
-def test_last_token_pooling_handles_left_and_right_padding() -> None:
-    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
-    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
-    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
-    assert last_token_states(hidden, right).flatten().tolist() == [1.0, 7.0]
-    assert last_token_states(hidden, left).flatten().tolist() == [3.0, 7.0]
-
-
 def test_multi_label_head_trains_with_positive_weights(tiny_base: str, tmp_path: Path) -> None:
     task = load_task("pii-categories")
     backbone = load_backbone(tiny_base, dtype="fp32")
@@ -124,68 +115,9 @@ def test_multi_label_head_trains_with_positive_weights(tiny_base: str, tmp_path:
 
 
 def _batch(method, texts):
-    from guardtune.methods.common import pad_batch
+    from guardtune.methods.decoder import pad_batch
 
     return pad_batch(method.backbone.tokenizer, method.encode(texts), method.backbone.device)
-
-
-class _Interrupt(TrainerCallback):
-    def __init__(self, at_step: int) -> None:
-        self.at_step = at_step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.at_step:
-            raise KeyboardInterrupt
-
-
-def _trainable(method) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in method.trainable_state_dict().items()}
-
-
-def test_resume_continues_where_it_stopped(
-    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
-) -> None:
-    rows = load_examples(toy_files["train"], TASK)
-    settings = TrainSettings(max_steps=6, save_steps=3, batch_size=8, max_length=32, seed=5, dtype="fp32")
-
-    def fresh():
-        torch.manual_seed(settings.seed)
-        backbone = load_backbone(tiny_base, dtype="fp32")
-        return get_method("head").create(backbone, TASK, settings.lora, settings.max_length)
-
-    straight = fresh()
-    fit(straight, rows.texts, rows.labels, settings, tmp_path / "straight")
-
-    interrupted = fresh()
-    with pytest.raises(KeyboardInterrupt):
-        fit(
-            interrupted,
-            rows.texts,
-            rows.labels,
-            settings,
-            tmp_path / "resumed",
-            callbacks=[_Interrupt(4)],
-        )
-    checkpoint = tmp_path / "resumed" / "checkpoint-3"
-    saved = load_file(str(checkpoint / "model.safetensors"))
-    assert all("lora_" in k or k.startswith("classifier.") for k in saved)  # only trainable parts
-
-    resumed = fresh()
-    result = fit(resumed, rows.texts, rows.labels, settings, tmp_path / "resumed", resume=True)
-    assert result.steps == 6
-    assert result.examples_seen == 3 * 8  # only steps 4..6 ran again
-    expected = _trainable(straight)
-    for name, tensor in _trainable(resumed).items():
-        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)
-
-
-def test_resume_without_checkpoint_is_an_error(tiny_base: str, tmp_path: Path) -> None:
-    from guardtune.errors import GuardtuneError
-
-    backbone = load_backbone(tiny_base, dtype="fp32")
-    method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
-    with pytest.raises(GuardtuneError, match="no checkpoint"):
-        fit(method, ["a"], ["none"], TrainSettings(max_steps=1), tmp_path / "nothing", resume=True)
 
 
 def test_two_models_share_one_backbone(trained, tiny_base: str, tmp_path: Path, toy_files) -> None:

@@ -5,7 +5,6 @@ import pandas as pd
 import pytest
 
 from guardtune.data.readers import label_counts, load_examples
-from guardtune.data.splits import stratified_split
 from guardtune.errors import GuardtuneError
 from guardtune.task import load_task
 
@@ -106,11 +105,16 @@ def test_unknown_multi_label_category(tmp_path: Path) -> None:
         load_examples(path, load_task("pii-categories"))
 
 
-def test_stratified_split_partitions_and_keeps_class_shares() -> None:
-    labels = ["none"] * 400 + ["asking"] * 300 + ["giving"] * 300
-    train, val, test = stratified_split(labels, (0.8, 0.1, 0.1), seed=3)
-    assert sorted([*train, *val, *test]) == list(range(1000))
-    assert (len(train), len(val), len(test)) == (800, 100, 100)
-    assert sum(labels[i] == "none" for i in test) == 40
-    again = stratified_split(labels, (0.8, 0.1, 0.1), seed=3)
-    assert all((a == b).all() for a, b in zip((train, val, test), again, strict=True))
+@pytest.mark.parametrize(
+    ("cells", "expected"),
+    [
+        ("0.5,0.4,0.3", "teacher scores sum to 1.2000"),
+        ("1.5,-0.3,-0.2", "p_none is '1.5' (expected a probability in [0, 1])"),
+    ],
+)
+def test_bad_soft_labels_get_one_line_errors(tmp_path: Path, cells: str, expected: str) -> None:
+    path = tmp_path / "soft.csv"
+    path.write_text(f"text,label,p_none,p_asking,p_giving\nhi,none,1,0,0\nyo,none,{cells}\n")
+    with pytest.raises(GuardtuneError, match="row 3: ") as info:
+        load_examples(path, PII)
+    assert expected in str(info.value)

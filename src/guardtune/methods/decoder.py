@@ -1,4 +1,8 @@
-"""Plain functions the methods share: running the adapted decoder, LM-head rows, losses."""
+"""Running the adapted decoder: padding, positions, the shared prefix's cache, LM-head rows.
+
+The decoder is called directly (never the causal LM's ``forward``), so the full-vocabulary LM
+head is computed only where a method asks for it (:func:`lm_head_rows`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,16 @@ import copy
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from guardtune.backbone import Backbone
 from guardtune.methods.lora import activate
+
+if TYPE_CHECKING:
+    from guardtune.methods.base import LoraMethod
 
 
 def pad_batch(tokenizer: Any, rows: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
@@ -41,7 +48,7 @@ def output_cache(out: Any) -> Any:
 
 
 def decoder_states(
-    method: Any,
+    method: LoraMethod,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     cache: Any = None,
@@ -49,7 +56,6 @@ def decoder_states(
 ) -> Any:
     """Run the decoder (with the method's adapter active) and return its output object.
 
-    The decoder is called directly, so the full-vocabulary LM head is never computed.
     ``cache`` continues an earlier call's key/value cache (see :func:`output_cache`).
     """
     peft_model = method.backbone.peft_model
@@ -80,7 +86,26 @@ class PrefixState:
         return cache
 
 
-def compute_prefix(method: Any, prefix_ids: list[int]) -> PrefixState:
+class PrefixCache:
+    """A method's :class:`PrefixState`, computed on first use and dropped when the weights change.
+
+    Training, and saving (see :meth:`LoraMethod.save`), call :meth:`clear`; the next use refills
+    it with one pass over the prefix.
+    """
+
+    def __init__(self) -> None:
+        self._state: PrefixState | None = None
+
+    def get(self, method: LoraMethod) -> PrefixState:
+        if self._state is None:
+            self._state = compute_prefix(method, method.shared_prefix)
+        return self._state
+
+    def clear(self) -> None:
+        self._state = None
+
+
+def compute_prefix(method: LoraMethod, prefix_ids: list[int]) -> PrefixState:
     """Run the shared prompt prefix once and keep its cache."""
     ids = torch.tensor([prefix_ids], device=method.backbone.device)
     with torch.inference_mode():
@@ -88,15 +113,8 @@ def compute_prefix(method: Any, prefix_ids: list[int]) -> PrefixState:
     return PrefixState(output_cache(out), len(prefix_ids))
 
 
-def cached_prefix(method: Any) -> PrefixState:
-    """The method's prefix state, computed on first use after training changed the weights."""
-    if method._prefix is None:
-        method._prefix = compute_prefix(method, method.shared_prefix)
-    return method._prefix
-
-
 def decoder_states_after(
-    method: Any,
+    method: LoraMethod,
     prefix: PrefixState | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -144,82 +162,3 @@ def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tor
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (attention_mask.long() * positions).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-
-
-def label_features(
-    task: Any, token_ids: list[list[int]], labels: list[Any], soft_labels: Any = None
-) -> list[dict[str, Any]]:
-    """Training rows for methods that score every label: ids, the gold label as a class index
-    (single-label) or a multi-hot row (multi-label), and the teacher's scores when distilling."""
-    index = {name: i for i, name in enumerate(task.label_names)}
-    # Only guard tasks (``overall``) have gold values that may be unknown.
-    masks = task.known_mask(labels) if task.mode == "multi" and task.overall else None
-    rows = []
-    for i, (ids, label) in enumerate(zip(token_ids, labels, strict=True)):
-        if task.mode == "single":
-            target: Any = index[label]
-        else:
-            target = [0.0] * len(index)
-            for name in label:
-                target[index[name]] = 1.0
-        row: dict[str, Any] = {"input_ids": ids, "labels": target}
-        if masks is not None:
-            row["label_mask"] = masks[i].tolist()
-        if soft_labels is not None:
-            row["soft_labels"] = [float(x) for x in soft_labels[i]]
-        rows.append(row)
-    return rows
-
-
-def trainable_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the parameters training changes (adapter and head), for light checkpoints."""
-    return {name: p.detach() for name, p in module.named_parameters() if p.requires_grad}
-
-
-def single_label_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    soft_labels: torch.Tensor | None = None,
-    distill: tuple[float, float] | None = None,
-) -> torch.Tensor:
-    """Cross-entropy on the gold label, mixed with KL to a teacher's soft labels when distilling.
-
-    ``distill = (alpha, temperature)``: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``,
-    where ``teacher_T`` is the teacher's distribution re-tempered as ``softmax(log p / T)``.
-    """
-    hard = nn.functional.cross_entropy(logits, labels.long())
-    if soft_labels is None or distill is None:
-        return hard
-    alpha, temperature = distill
-    teacher = torch.log_softmax(torch.log(soft_labels.float().clamp_min(1e-8)) / temperature, dim=-1)
-    student = torch.log_softmax(logits / temperature, dim=-1)
-    kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
-    return (1 - alpha) * hard + alpha * temperature**2 * kl
-
-
-def multi_label_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    pos_weight: torch.Tensor,
-    soft_labels: torch.Tensor | None = None,
-    distill: tuple[float, float] | None = None,
-    label_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Weighted BCE on the gold labels, mixed with BCE to a teacher's tempered scores.
-
-    ``label_mask`` (rows, labels) leaves unknown gold values (0.0) out of both terms.
-    """
-    mask = torch.ones_like(logits) if label_mask is None else label_mask.to(logits.dtype)
-    known = mask.sum().clamp_min(1.0)
-    hard = nn.functional.binary_cross_entropy_with_logits(
-        logits, labels.float(), pos_weight=pos_weight, reduction="none"
-    )
-    hard = (hard * mask).sum() / known
-    if soft_labels is None or distill is None:
-        return hard
-    alpha, temperature = distill
-    teacher_logits = torch.logit(soft_labels.float().clamp(1e-6, 1 - 1e-6))
-    target = torch.sigmoid(teacher_logits / temperature)
-    soft = nn.functional.binary_cross_entropy_with_logits(logits / temperature, target, reduction="none")
-    soft = (soft * mask).sum() / known
-    return (1 - alpha) * hard + alpha * temperature**2 * soft

@@ -1,0 +1,121 @@
+"""The training loop: resume from a light checkpoint, distillation from a teacher's soft labels."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from guardtune.api import label_file, train
+from guardtune.backbone import load_backbone
+from guardtune.data.readers import load_examples
+from guardtune.errors import GuardtuneError
+from guardtune.methods import LoraSettings, get_method
+from guardtune.task import load_task, task_from_dict
+from guardtune.train import TrainSettings, fit
+
+TASK = load_task("pii-intent")
+# The same labels with a short prompt, for the label-tokens student (the tiny test tokenizer spells
+# the real instruction out almost letter by letter, which only makes the tests slow).
+SHORT_PROMPT = task_from_dict({**TASK.to_dict(), "template": "{text}\nAnswer:"})
+FAST = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, dtype="fp32")
+
+
+class _Interrupt(TrainerCallback):
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def _trainable(method) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in method.trainable_state_dict().items()}
+
+
+def test_resume_continues_where_it_stopped(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = load_examples(toy_files["train"], TASK)
+    settings = TrainSettings(max_steps=6, save_steps=3, batch_size=8, max_length=32, seed=5, dtype="fp32")
+
+    def fresh():
+        torch.manual_seed(settings.seed)
+        backbone = load_backbone(tiny_base, dtype="fp32")
+        return get_method("head").create(backbone, TASK, settings.lora, settings.max_length)
+
+    straight = fresh()
+    fit(straight, rows.texts, rows.labels, settings, tmp_path / "straight")
+
+    interrupted = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        fit(
+            interrupted,
+            rows.texts,
+            rows.labels,
+            settings,
+            tmp_path / "resumed",
+            callbacks=[_Interrupt(4)],
+        )
+    checkpoint = tmp_path / "resumed" / "checkpoint-3"
+    saved = load_file(str(checkpoint / "model.safetensors"))
+    assert all("lora_" in k or k.startswith("classifier.") for k in saved)  # only trainable parts
+
+    resumed = fresh()
+    result = fit(resumed, rows.texts, rows.labels, settings, tmp_path / "resumed", resume=True)
+    assert result.steps == 6
+    assert result.examples_seen == 3 * 8  # only steps 4..6 ran again
+    expected = _trainable(straight)
+    for name, tensor in _trainable(resumed).items():
+        torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_base: str, tmp_path: Path) -> None:
+    from guardtune.errors import GuardtuneError
+
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
+    with pytest.raises(GuardtuneError, match="no checkpoint"):
+        fit(method, ["a"], ["none"], TrainSettings(max_steps=1), tmp_path / "nothing", resume=True)
+
+
+def test_student_distilled_from_teacher_soft_labels_agrees_with_it(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    teacher = train(SHORT_PROMPT, toy_files["train"], tmp_path / "teacher", base=tiny_base, settings=FAST)
+    soft = tmp_path / "soft.csv"
+    unlabeled = tmp_path / "unlabeled.csv"
+    pd.read_csv(toy_files["train"])[["text"]].to_csv(unlabeled, index=False)
+    frame = label_file(teacher.classifier, unlabeled, soft)
+    assert {"p_none", "p_asking", "p_giving", "label"} <= set(frame.columns)
+    student_settings = TrainSettings(
+        epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=3, dtype="fp32", distill=(0.7, 2.0)
+    )
+    student = train(
+        SHORT_PROMPT,
+        soft,
+        tmp_path / "student",
+        base=tiny_base,
+        method="label-tokens",
+        settings=student_settings,
+    )
+    texts = load_examples(toy_files["test"], SHORT_PROMPT).texts
+    agree = np.mean(
+        [
+            a.label == b.label
+            for a, b in zip(student.classifier.predict(texts), teacher.classifier.predict(texts), strict=True)
+        ]
+    )
+    assert agree >= 0.85
+
+
+def test_distill_without_teacher_scores_is_refused(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    settings = TrainSettings(max_steps=1, dtype="fp32", distill=(0.5, 2.0))
+    with pytest.raises(GuardtuneError, match="no teacher scores"):
+        train(SHORT_PROMPT, toy_files["train"], tmp_path / "m", base=tiny_base, settings=settings)
