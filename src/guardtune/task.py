@@ -128,6 +128,22 @@ class TaskSpec:
             return self.negative_label
         return self.policy.fallback or self.label_names[0]
 
+    @property
+    def flag_labels(self) -> list[str]:
+        """The labels that flag a text (a moderation response's categories): every label but the
+        negative outcome; for an ``overall`` task, its harm categories."""
+        if self.overall is not None:
+            return self.categories
+        return [name for name in self.labels if name != self.negative_outcome]
+
+    def decide_flags(self, scores: np.ndarray) -> list[tuple[Any, list[str]]]:
+        """Apply the policy; per row the decided label(s) and those of them that flag the text."""
+        decided = self.decide(scores)
+        if self.mode == "multi":
+            return [(labels, list(labels)) for labels in decided]
+        negative = self.negative_outcome
+        return [(label, [] if label == negative else [label]) for label in decided]
+
     def is_flagged(self, decided: Any) -> bool:
         """Whether one decided row (a label, or a label list for multi-label) flags its text."""
         if self.mode == "single":
