@@ -110,7 +110,7 @@ class TaskSpec(BaseModel):
     )
     instruction: str | None = Field(default=None, description="Task instruction for prompt-based methods.")
     template: str | None = Field(
-        default=None, description="Prompt with {text} once; may use {instruction}, {labels}."
+        default=None, description="Prompt with {text} once; may use {instruction}, {labels}, {categories}."
     )
     policy: Annotated[Policy, BeforeValidator(_none_is_empty)] = Field(
         default_factory=lambda: Policy(), description="How scores become labels."
@@ -128,7 +128,7 @@ class TaskSpec(BaseModel):
     @classmethod
     def _label_column_follows_mode(cls, raw: Any) -> Any:
         # An absent (or empty) label_column is "labels" for a multi-label task, "label" otherwise.
-        if isinstance(raw, dict) and not raw.get("label_column") and raw.get("label_column", "") == "":
+        if isinstance(raw, dict) and raw.get("label_column", "") == "":
             return {**raw, "label_column": "labels" if raw.get("mode") == "multi" else "label"}
         return raw
 
@@ -332,7 +332,7 @@ def rules_across_fields(raw: dict[str, Any]) -> list[str]:
     labels = raw.get("labels")
     names = [str(k) for k in labels] if isinstance(labels, dict) else []
     problems = []
-    if mode == "single" and isinstance(labels, dict) and len(names) < 2:
+    if mode == "single" and len(names) == 1:
         problems.append("labels: a single-label task needs at least 2 labels")
     overall = raw.get("overall")
     if overall is not None:

@@ -26,6 +26,7 @@ _EXPECTED = {
     "bool_type": "true or false",
     "dict_type": "a mapping",
     "list_type": "a list",
+    "tuple_type": "a list",
     "model_type": "a mapping",
     "model_attributes_type": "a mapping",
     "too_short": "at least one item",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -30,7 +29,7 @@ async def classify(body: schemas.ClassifyRequest, svc: Shared) -> schemas.Classi
         task=task.name,
         mode=task.mode,
         labels=guard.classifier.labels,
-        policy={k: v for k, v in asdict(task.policy).items() if v not in (None, {})},
+        policy={k: v for k, v in task.policy.model_dump().items() if v not in (None, {})},
         results=[
             schemas.ClassifyResult(label=label, flagged=bool(flags), scores=score_dict(guard, row))
             for (label, flags), row in zip(decided, scores, strict=True)
