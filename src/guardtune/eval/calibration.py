@@ -34,32 +34,15 @@ from guardtune.eval.calibration_file import (
     PRECISIONS,
     Calibration,
     Objective,
-    _with_thresholds,
     apply_temperature,
     calibrated_task,
     logits_from_proba,
     objective_for,
     read_calibration,
     threshold_labels,
+    with_thresholds,
 )
 from guardtune.task import Mode, TaskSpec
-
-__all__ = [
-    "CALIBRATION_FILE",
-    "OBJECTIVES",
-    "PRECISIONS",
-    "Calibration",
-    "apply_temperature",
-    "calibrated_task",
-    "choose_threshold",
-    "expected_calibration_error",
-    "fit_calibration",
-    "fit_temperature",
-    "logits_from_proba",
-    "objective_for",
-    "read_calibration",
-    "threshold_labels",
-]
 
 N_BINS = 15
 
@@ -227,8 +210,8 @@ def _effective_scores(task: TaskSpec, scores: np.ndarray, label: str) -> np.ndar
     column = scores[:, task.label_names.index(label)].astype(np.float64)
     if task.mode == "multi":
         return column
-    gets_it_anyway = np.array(_with_thresholds(task, {label: _UNREACHABLE}).decide(scores)) == label
-    can_get_it = np.array(_with_thresholds(task, {label: _ALWAYS_REACHED}).decide(scores)) == label
+    gets_it_anyway = np.array(with_thresholds(task, {label: _UNREACHABLE}).decide(scores)) == label
+    can_get_it = np.array(with_thresholds(task, {label: _ALWAYS_REACHED}).decide(scores)) == label
     column[gets_it_anyway] = _UNREACHABLE
     column[~can_get_it] = _ALWAYS_REACHED
     return column
@@ -304,7 +287,7 @@ def fit_calibration(
                 raise GuardtuneError(message)
             calibration.notes.append(message + "; its policy threshold is kept")
             continue
-        effective = _effective_scores(_with_thresholds(task, thresholds), calibrated, name)[rows]
+        effective = _effective_scores(with_thresholds(task, thresholds), calibrated, name)[rows]
         threshold = choose_threshold(column, effective, objective, target)
         thresholds[name] = float(np.clip(threshold, 0.0, 1.0))
     calibration.thresholds = thresholds
@@ -349,8 +332,11 @@ def _check_truth(truth: np.ndarray, shape: tuple[int, ...], mode: Mode) -> np.nd
     return y
 
 
+# Names of calibration_file.py kept importable from here, where they lived before.
 __all__ = [
     "CALIBRATION_FILE",
+    "OBJECTIVES",
+    "PRECISIONS",
     "Calibration",
     "apply_temperature",
     "calibrated_task",
@@ -358,6 +344,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_calibration",
     "fit_temperature",
+    "logits_from_proba",
     "objective_for",
     "read_calibration",
     "reliability_curve",

@@ -194,7 +194,7 @@ def read_calibration(directory: str | Path, task: TaskSpec | None = None) -> Cal
 # --- applying thresholds to a task ---------------------------------------------------------------
 
 
-def _with_thresholds(task: TaskSpec, thresholds: dict[str, float]) -> TaskSpec:
+def with_thresholds(task: TaskSpec, thresholds: dict[str, float]) -> TaskSpec:
     """``task`` whose policy uses ``thresholds`` for those labels (order and other labels kept).
 
     In a two-label single-label task a threshold on one label makes the decision binary: that label
@@ -214,8 +214,8 @@ def _with_thresholds(task: TaskSpec, thresholds: dict[str, float]) -> TaskSpec:
 
 def calibrated_task(task: TaskSpec, calibration: Calibration | None) -> TaskSpec:
     """The task whose policy decides on calibrated scores: the calibrated thresholds replace the
-    policy's thresholds for their labels (see :func:`_with_thresholds` for two-label tasks)."""
-    return task if calibration is None else _with_thresholds(task, calibration.thresholds)
+    policy's thresholds for their labels (see :func:`with_thresholds` for two-label tasks)."""
+    return task if calibration is None else with_thresholds(task, calibration.thresholds)
 
 
 def objective_for(max_fpr: float | None, min_recall: float | None) -> tuple[Objective, float | None]:
