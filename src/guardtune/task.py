@@ -154,8 +154,10 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _rules_across_fields(self, info: ValidationInfo) -> TaskSpec:
+        # task_from_dict checks the raw mapping itself; a TaskSpec built in code is checked here,
+        # its defaults (category_column among them) not counting as written keys.
         if not (info.context or {}).get("rules_checked"):
-            found = rules_across_fields(self.model_dump(exclude_unset=True))
+            found = rules_across_fields(self.model_dump(exclude_defaults=True))
             check(not found, "; ".join(found))
         return self
 
