@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from guardtune.api import Classifier, train
 from guardtune.cli import main
 from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
-from guardtune.serve.guards import prompt_ids
+from guardtune.serve.chat import prompt_ids
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 

@@ -71,3 +71,38 @@ def test_multi_label_decision_uses_per_label_thresholds() -> None:
     task = load_task("pii-categories")
     scores = np.array([[0.9, 0.1, 0.6, 0.0, 0.49], [0.1, 0.1, 0.1, 0.1, 0.1]])
     assert task.decide(scores) == [["S1", "S3"], []]
+
+
+def test_decision_rules_name_the_labels_that_flag_a_text() -> None:
+    intent = load_task("pii-intent")  # single-label; "none" is the negative outcome
+    assert intent.flag_labels == ["asking", "giving"]
+    scores = np.array([[0.8, 0.1, 0.1], [0.1, 0.2, 0.7]])
+    assert intent.decide_flags(scores) == [("none", []), ("giving", ["giving"])]
+    moderation = load_task("moderation")  # multi-label with an overall label
+    assert moderation.flag_labels == moderation.categories and "unsafe" not in moderation.flag_labels
+    row = np.zeros((1, len(moderation.label_names)))
+    row[0, [0, moderation.label_names.index("hate")]] = 0.9
+    assert moderation.decide_flags(row) == [(["unsafe", "hate"], ["unsafe", "hate"])]
+
+
+def test_schema_command_prints_a_json_schema_the_built_in_tasks_meet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import jsonschema
+    import yaml
+    from conftest import run_cli
+
+    assert run_cli(monkeypatch, "schema", "task") == 0
+    schema = json.loads(capsys.readouterr().out)
+    for path in builtin_tasks().values():
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "t", "labels": {"a": "", "b": ""}, "colour": "red"}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"name": "t", "labels": {"a": ""}, "policy": {"min_confidence": 2}}, schema)
+    for kind, key in (("model", "max_length"), ("calibration", "temperature")):
+        assert run_cli(monkeypatch, "schema", kind) == 0
+        assert key in json.loads(capsys.readouterr().out)["required"]
+    assert run_cli(monkeypatch, "schema", "bogus") == 1

@@ -16,6 +16,7 @@ from guardtune.backbone import Backbone, load_backbone
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE, Calibration, calibrated_task, read_calibration
 from guardtune.infer import predict_scores
+from guardtune.merging import should_merge
 from guardtune.methods import LoraMethod, get_method
 from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
@@ -80,8 +81,9 @@ class Classifier:
                 ``dtype``; an int8 base is quantised by its owner once every model is on it.
             adapter_name: the adapter's name on a shared backbone (default: a free name).
             merge: fold the adapter into the base weights for faster inference (about 40% less
-                latency per message on the embedded Gemma). The default merges when this model
-                owns its backbone (no ``backbone`` given) and the base is not quantised; a
+                latency per message on the embedded Gemma). The default
+                (:func:`guardtune.merging.should_merge`) merges when this model owns its backbone
+                (no ``backbone`` given) and the base is not k-bit quantised, in fp32 and bf16; a
                 shared backbone keeps the adapter separate so the other models on it are
                 untouched.
             device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``, when no
@@ -107,13 +109,10 @@ class Classifier:
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )
-        # In fp32 merging is exact to float rounding. In bf16 the merged weights round
-        # differently from the unmerged sum, but against an fp32 reference both bf16 paths drift
-        # alike (measured on the moderation model: max |score change| 0.019 merged, 0.036
-        # unmerged, same labels), so bf16 merges too.
-        # A k-bit base cannot take the adapter exactly (peft re-quantises the merged weights), so
-        # a quantised model keeps its adapter separate, as it trained.
-        if (owns_backbone and backbone.quantize is None) if merge is None else merge:
+        # One merge policy with the server (see guardtune.merging for why bf16 merges too).
+        if merge is None:
+            merge = should_merge(backbone, sole_adapter=owns_backbone, bare_base_needed=False)
+        if merge:
             merge_for_inference(backbone, method.adapter_name)
         if owns_backbone and backbone.int8:
             quantize_projections(backbone.model)

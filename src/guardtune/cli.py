@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from guardtune.backbone import DEFAULT_BASE
+from guardtune.cli_schema import schema
 from guardtune.errors import GuardtuneError
 
 app = typer.Typer(
@@ -568,6 +569,9 @@ def validate(task: Annotated[str, typer.Argument(help="Task YAML file or built-i
 
     spec = load_task(task)
     out.print(f"{task}: OK ({spec.mode}-label, labels: {', '.join(spec.label_names)})")
+
+
+app.command()(schema)
 
 
 @app.command("methods")

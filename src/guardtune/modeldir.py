@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, Strict
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from guardtune.errors import GuardtuneError
-from guardtune.task import TaskSpec, task_from_dict
+from guardtune.task import TaskSpec
+from guardtune.validation import parse
 
 MANIFEST = "guardtune.json"
 FORMAT_VERSION = 1
@@ -31,18 +32,25 @@ def package_versions() -> dict[str, str]:
     return found
 
 
-@dataclass
-class Manifest:
-    """What ``guardtune.json`` records about a trained model."""
+class Manifest(BaseModel):
+    """What ``guardtune.json`` records about a trained model.
 
-    task: TaskSpec
-    method: str
-    base: str
-    max_length: int
-    lora: dict[str, Any]
-    training: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=package_versions)
-    format_version: int = FORMAT_VERSION
+    Keys this version does not know are ignored (a newer guardtune may add some; see
+    :func:`read_manifest`).
+    """
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    task: TaskSpec = Field(description="The task the model classifies (the task YAML's keys).")
+    method: str = Field(description="The method that trained it (head, label-tokens, generate).")
+    base: str = Field(description="The base model: an HF directory, a .gguf file, a hub id or gemma-3-270m.")
+    max_length: Annotated[int, Strict()] = Field(description="Tokens per text the model reads.")
+    lora: dict[str, Any] = Field(description="The LoRA settings it trained with.")
+    training: dict[str, Any] = Field(default_factory=dict, description="The training settings and record.")
+    versions: dict[str, Any] = Field(
+        default_factory=package_versions, description="Library versions that wrote it."
+    )
+    format_version: int = Field(default=FORMAT_VERSION, description="The format of this file.")
 
     @property
     def quantize(self) -> str | None:
@@ -130,38 +138,12 @@ def read_manifest(directory: str | Path) -> Manifest:
             f"{directory}: not a guardtune model directory (no {MANIFEST}; train one with `guardtune train`)"
         )
     raw = read_json_object(path)
-    missing = [k for k in ("task", "method", "base", "max_length", "lora") if k not in raw]
-    if missing:
-        raise GuardtuneError(f"{path}: missing keys {missing}")
-    problems = [
-        f"key {key!r}: expected {kind.__name__ if kind is not int else 'an integer'}, "
-        f"found {type(raw[key]).__name__}"
-        for key, kind in (("method", str), ("base", str), ("max_length", int), ("lora", dict))
-        if not isinstance(raw[key], kind) or isinstance(raw[key], bool)
-    ]
-    problems += [
-        f"key {key!r}: expected an object, found {type(raw[key]).__name__}"
-        for key in ("training", "versions")
-        if not isinstance(raw.get(key, {}), dict)
-    ]
-    if not isinstance(raw.get("format_version", 0), int):
-        problems.append(f"key 'format_version': expected an integer, found {raw['format_version']!r}")
-    if problems:
-        raise GuardtuneError(f"{path}: " + "; ".join(problems))
-    found_version = int(raw.get("format_version", 0))
-    if found_version > FORMAT_VERSION:
+    # A file from before format_version was recorded is format 0.
+    manifest = parse(Manifest, {"format_version": 0, **raw}, str(path), quoted=True)
+    if manifest.format_version > FORMAT_VERSION:
         warnings.warn(
-            f"{path} was written by a newer guardtune (format {found_version} > {FORMAT_VERSION}); "
+            f"{path} was written by a newer guardtune (format {manifest.format_version} > {FORMAT_VERSION}); "
             "keys this version does not know are ignored",
             stacklevel=2,
         )
-    return Manifest(
-        task=task_from_dict(raw["task"], source=f"{path}: task"),
-        method=raw["method"],
-        base=raw["base"],
-        max_length=raw["max_length"],
-        lora=dict(raw["lora"]),
-        training=dict(raw.get("training", {})),
-        versions=dict(raw.get("versions", {})),
-        format_version=found_version,
-    )
+    return manifest

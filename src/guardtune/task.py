@@ -6,38 +6,36 @@ name; any other path to a YAML file works the same way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from guardtune.errors import GuardtuneError
+from guardtune.validation import Unit, check, parse
 
 Mode = Literal["single", "multi"]
 LongText = Literal["head-tail", "windows"]
 LONG_TEXT_MODES: tuple[str, ...] = ("head-tail", "windows")
-_KNOWN_KEYS = {
-    "overall",
-    "category_column",
-    "long_text",
-    "name",
-    "mode",
-    "labels",
-    "text_fields",
-    "label_column",
-    "instruction",
-    "template",
-    "policy",
-    "negative_label",
-}
-_POLICY_KEYS = {"thresholds", "min_confidence", "fallback"}
+_SCHEMA = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
-@dataclass(frozen=True)
-class Policy:
+def _none_is_empty(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class Policy(BaseModel):
     """How per-label scores become a decision.
 
     Single-label: labels in ``thresholds`` are checked in the order given and the first whose score
@@ -46,14 +44,31 @@ class Policy:
     its threshold (0.5 unless set).
     """
 
-    thresholds: dict[str, float] = field(default_factory=dict)
-    min_confidence: float = 0.0
-    fallback: str | None = None
+    model_config = _SCHEMA
+
+    thresholds: Annotated[dict[str, Unit], BeforeValidator(_none_is_empty)] = Field(
+        default_factory=dict,
+        description="Label -> the score in [0, 1] at which it is decided (single-label: checked in order).",
+    )
+    min_confidence: Unit = Field(
+        default=0.0, description="Single-label: the most likely label needs this score, else the fallback."
+    )
+    fallback: str | None = Field(
+        default=None, description="Single-label: the label given when nothing else is."
+    )
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """A validated classification task.
+def _labels(value: Any) -> Any:
+    """Label names as strings and empty descriptions as ``""`` (YAML reads ``none:`` as null)."""
+    if isinstance(value, list):
+        check(False, "expected a mapping of label name to description, found a list")
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    return value
+
+
+class TaskSpec(BaseModel):
+    """A validated classification task: what is classified and how scores become labels.
 
     Args:
         name: short identifier, used in reports and model cards.
@@ -78,18 +93,73 @@ class TaskSpec:
             flagged one.
     """
 
-    name: str
-    mode: Mode
-    labels: dict[str, str]
-    text_fields: list[str] = field(default_factory=lambda: ["text"])
-    label_column: str = "label"
-    instruction: str | None = None
-    template: str | None = None
-    policy: Policy = field(default_factory=Policy)
-    negative_label: str = "safe"
-    overall: str | None = None
-    category_column: str = "categories"
-    long_text: LongText = "head-tail"
+    model_config = _SCHEMA
+
+    name: str = Field(min_length=1, description="Short identifier, used in reports and model cards.")
+    mode: Mode = Field(
+        default="single", description="single: one label per row; multi: any subset of labels."
+    )
+    labels: Annotated[
+        dict[str, str], BeforeValidator(_labels, json_schema_input_type=dict[str, str | None])
+    ] = Field(description="Label name -> description, in the order scores are reported.")
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], description="Columns joined (with newlines) into the text."
+    )
+    label_column: str = Field(
+        default="label", description="Column of the gold label (multi: comma-separated; default labels)."
+    )
+    instruction: str | None = Field(default=None, description="Task instruction for prompt-based methods.")
+    template: str | None = Field(
+        default=None, description="Prompt with {text} once; may use {instruction}, {labels}, {categories}."
+    )
+    policy: Annotated[Policy, BeforeValidator(_none_is_empty)] = Field(
+        default_factory=lambda: Policy(), description="How scores become labels."
+    )
+    negative_label: str = Field(default="safe", description='The "nothing flagged" outcome.')
+    overall: str | None = Field(
+        default=None, description="Multi-label guards: the label that is the overall decision."
+    )
+    category_column: str = Field(
+        default="categories", description="Column of comma-separated categories (overall only)."
+    )
+    long_text: LongText = Field(default="head-tail", description="How a text over the max length is read.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_column_follows_mode(cls, raw: Any) -> Any:
+        # An absent (or empty) label_column is "labels" for a multi-label task, "label" otherwise.
+        if isinstance(raw, dict) and raw.get("label_column", "") == "":
+            return {**raw, "label_column": "labels" if raw.get("mode") == "multi" else "label"}
+        return raw
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, value: dict[str, str]) -> dict[str, str]:
+        check(bool(value), "expected a non-empty mapping of label name to description")
+        bad = [n for n in value if "," in n or not n.strip()]
+        check(not bad, f"names must be non-empty and contain no comma: {bad}")
+        return value
+
+    @field_validator("text_fields")
+    @classmethod
+    def _some_fields(cls, value: list[str]) -> list[str]:
+        check(bool(value), "expected a non-empty list of column names")
+        return value
+
+    @field_validator("template")
+    @classmethod
+    def _one_text_slot(cls, value: str | None) -> str | None:
+        check(value is None or value.count("{text}") == 1, "expected a string with {text} exactly once")
+        return value
+
+    @model_validator(mode="after")
+    def _rules_across_fields(self, info: ValidationInfo) -> TaskSpec:
+        # task_from_dict checks the raw mapping itself; a TaskSpec built in code is checked here,
+        # its defaults (category_column among them) not counting as written keys.
+        if not (info.context or {}).get("rules_checked"):
+            found = rules_across_fields(self.model_dump(exclude_defaults=True))
+            check(not found, "; ".join(found))
+        return self
 
     @property
     def label_names(self) -> list[str]:
@@ -128,6 +198,22 @@ class TaskSpec:
             return self.negative_label
         return self.policy.fallback or self.label_names[0]
 
+    @property
+    def flag_labels(self) -> list[str]:
+        """The labels that flag a text (a moderation response's categories): every label but the
+        negative outcome; for an ``overall`` task, its harm categories."""
+        if self.overall is not None:
+            return self.categories
+        return [name for name in self.labels if name != self.negative_outcome]
+
+    def decide_flags(self, scores: np.ndarray) -> list[tuple[Any, list[str]]]:
+        """Apply the policy; per row the decided label(s) and those of them that flag the text."""
+        decided = self.decide(scores)
+        if self.mode == "multi":
+            return [(labels, list(labels)) for labels in decided]
+        negative = self.negative_outcome
+        return [(label, [] if label == negative else [label]) for label in decided]
+
     def is_flagged(self, decided: Any) -> bool:
         """Whether one decided row (a label, or a label list for multi-label) flags its text."""
         if self.mode == "single":
@@ -147,7 +233,8 @@ class TaskSpec:
         return scores.max(axis=1)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The task as it is written into ``guardtune.json`` (defaults left out where they add nothing)."""
+        data = self.model_dump()
         data["policy"] = {k: v for k, v in data["policy"].items() if v not in (None, {}, 0.0)}
         if not data["policy"]:
             del data["policy"]
@@ -230,106 +317,45 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
 
 
 def task_from_dict(raw: Any, source: str = "<task>") -> TaskSpec:
-    """Validate a parsed task mapping, reporting every problem at once."""
-    problems = validate_task_dict(raw)
-    if problems:
-        raise GuardtuneError(f"{source}: " + "; ".join(problems))
-    mode = raw.get("mode", "single")
-    policy_raw = raw.get("policy") or {}
-    policy = Policy(
-        thresholds={str(k): float(v) for k, v in (policy_raw.get("thresholds") or {}).items()},
-        min_confidence=float(policy_raw.get("min_confidence", 0.0)),
-        fallback=policy_raw.get("fallback"),
-    )
-    return TaskSpec(
-        name=str(raw["name"]),
-        mode=mode,
-        labels={str(k): str(v or "") for k, v in raw["labels"].items()},
-        text_fields=[str(f) for f in raw.get("text_fields") or ["text"]],
-        label_column=str(raw.get("label_column") or ("labels" if mode == "multi" else "label")),
-        instruction=raw.get("instruction"),
-        template=raw.get("template"),
-        policy=policy,
-        negative_label=str(raw.get("negative_label", "safe")),
-        overall=raw.get("overall"),
-        category_column=str(raw.get("category_column") or "categories"),
-        long_text=raw.get("long_text", "head-tail"),
-    )
+    """Validate a parsed task mapping, reporting every problem at once.
 
-
-def validate_task_dict(raw: Any) -> list[str]:
-    """Every problem in a parsed task mapping, as ``key: what was expected`` strings."""
+    Raises:
+        GuardtuneError: ``SOURCE: key: expected X, found Y; ...`` naming every problem.
+    """
     if not isinstance(raw, dict):
-        return [f"expected a mapping of task keys, found {type(raw).__name__}"]
-    problems = [f"unknown key {key!r}" for key in raw if key not in _KNOWN_KEYS]
-    if not isinstance(raw.get("name"), str) or not raw.get("name"):
-        problems.append("name: expected a non-empty string")
+        raise GuardtuneError(f"{source}: expected a mapping of task keys, found {type(raw).__name__}")
+    # The rules across fields run on the raw mapping too, so they are reported beside field errors.
+    return parse(TaskSpec, raw, source, extra=rules_across_fields(raw), context={"rules_checked": True})
+
+
+def rules_across_fields(raw: dict[str, Any]) -> list[str]:
+    """Problems between keys of a task mapping (each key's own type is the schema's job)."""
     mode = raw.get("mode", "single")
-    if mode not in ("single", "multi"):
-        problems.append(f"mode: expected 'single' or 'multi', found {mode!r}")
     labels = raw.get("labels")
-    label_names: list[str] = []
-    if isinstance(labels, list) and all(isinstance(x, str) for x in labels):
-        problems.append("labels: expected a mapping of label name to description, found a list")
-    elif not isinstance(labels, dict) or not labels:
-        problems.append("labels: expected a non-empty mapping of label name to description")
-    else:
-        label_names = [str(k) for k in labels]
-        if mode == "single" and len(label_names) < 2:
-            problems.append("labels: a single-label task needs at least 2 labels")
-        bad = [n for n in label_names if "," in n or not n.strip()]
-        if bad:
-            problems.append(f"labels: names must be non-empty and contain no comma: {bad}")
-    fields = raw.get("text_fields", ["text"])
-    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
-        problems.append("text_fields: expected a non-empty list of column names")
-    if "label_column" in raw and not isinstance(raw["label_column"], str):
-        problems.append("label_column: expected a column name")
-    if "instruction" in raw and not isinstance(raw["instruction"], str):
-        problems.append("instruction: expected a string")
-    template = raw.get("template")
-    if template is not None and (not isinstance(template, str) or template.count("{text}") != 1):
-        problems.append("template: expected a string with {text} exactly once")
+    names = [str(k) for k in labels] if isinstance(labels, dict) else []
+    problems = []
+    if mode == "single" and len(names) == 1:
+        problems.append("labels: a single-label task needs at least 2 labels")
     overall = raw.get("overall")
     if overall is not None:
         if mode != "multi":
             problems.append("overall: applies to multi-label tasks only (mode: multi)")
-        if label_names and overall not in label_names:
-            problems.append(f"overall: expected one of the labels {label_names}, found {overall!r}")
+        if names and overall not in names:
+            problems.append(f"overall: expected one of the labels {names}, found {overall!r}")
         if overall == raw.get("negative_label", "safe"):
             problems.append("overall: must differ from negative_label")
     elif "category_column" in raw:
         problems.append("category_column: needs overall (the label the categories refine)")
-    if "category_column" in raw and not isinstance(raw["category_column"], str):
-        problems.append("category_column: expected a column name")
-    long_text = raw.get("long_text", "head-tail")
-    if long_text not in LONG_TEXT_MODES:
-        problems.append(f"long_text: expected one of {list(LONG_TEXT_MODES)}, found {long_text!r}")
-    problems.extend(_validate_policy(raw.get("policy"), label_names, mode))
-    return problems
-
-
-def _validate_policy(policy: Any, label_names: list[str], mode: str) -> list[str]:
-    if policy is None:
-        return []
+    policy = raw.get("policy")
     if not isinstance(policy, dict):
-        return ["policy: expected a mapping with thresholds, min_confidence, fallback"]
-    problems = [f"policy: unknown key {key!r}" for key in policy if key not in _POLICY_KEYS]
-    thresholds = policy.get("thresholds") or {}
-    if not isinstance(thresholds, dict):
-        problems.append("policy.thresholds: expected a mapping of label to a number in [0, 1]")
-    else:
-        for label, value in thresholds.items():
-            if label_names and label not in label_names:
-                problems.append(f"policy.thresholds: unknown label {label!r} (labels: {label_names})")
-            if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                problems.append(f"policy.thresholds.{label}: expected a number in [0, 1]")
-    confidence = policy.get("min_confidence", 0.0)
-    if not isinstance(confidence, int | float) or not 0.0 <= confidence <= 1.0:
-        problems.append("policy.min_confidence: expected a number in [0, 1]")
+        return problems
+    thresholds = policy.get("thresholds")
+    for label in thresholds if isinstance(thresholds, dict) else ():
+        if names and label not in names:
+            problems.append(f"policy.thresholds: unknown label {label!r} (labels: {names})")
     fallback = policy.get("fallback")
-    if fallback is not None and label_names and fallback not in label_names:
-        problems.append(f"policy.fallback: unknown label {fallback!r} (labels: {label_names})")
+    if fallback is not None and names and fallback not in names:
+        problems.append(f"policy.fallback: unknown label {fallback!r} (labels: {names})")
     if mode == "multi" and (fallback is not None or "min_confidence" in policy):
         problems.append("policy: fallback and min_confidence apply to single-label tasks only")
     return problems

@@ -5,9 +5,10 @@ Example:
     >>> app = create_app(load_guards({"pii": Path("runs/pii")}), ServeSettings(max_wait_ms=5))
 """
 
-from guardtune.serve.app import ServeSettings, create_app, read_api_key
+from guardtune.serve.app import create_app
 from guardtune.serve.guards import Guard, load_guards, parse_model_spec
 from guardtune.serve.server import BackgroundServer, run
+from guardtune.serve.settings import ServeSettings, read_api_key
 
 __all__ = [
     "BackgroundServer",

@@ -14,11 +14,12 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from guardtune.errors import GuardtuneError
+from guardtune.validation import parse
 
 Register = Literal["chat", "short", "formal"]
 REGISTERS: tuple[str, ...] = ("chat", "short", "formal")
@@ -35,13 +36,24 @@ class Piece:
 WORD = re.compile(r"[A-Za-z']+")
 
 
-@dataclass(frozen=True)
-class _ChatWords:
-    slang: dict[str, str]
-    slang_phrases: dict[str, str]
-    prefixes: tuple[str, ...]
-    suffixes: tuple[str, ...]
-    emoji: tuple[str, ...]
+def _as_strings(value: Any) -> Any:
+    # YAML reads some words as other types (``no`` as false, ``1`` as a number); they are words here.
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+Words = Annotated[dict[str, str], BeforeValidator(_as_strings)]
+
+
+class _ChatWords(BaseModel):
+    """``templates/style.yaml``: the chat register's slang and filler words."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    slang: Words = Field(description="Word -> how it is written in chat (you -> u).")
+    slang_phrases: Words = Field(description="Phrase -> its chat form (going to -> gonna).")
+    prefixes: tuple[str, ...] = Field(description="Fillers put before a message.")
+    suffixes: tuple[str, ...] = Field(description="Fillers put after a message.")
+    emoji: tuple[str, ...] = Field(description="Emoji added to a message.")
 
 
 @cache
@@ -52,18 +64,7 @@ def _chat_words() -> _ChatWords:
         .joinpath("templates", "style.yaml")
         .read_text(encoding="utf-8")
     )
-    try:
-        return _ChatWords(
-            slang={str(k): str(v) for k, v in raw["slang"].items()},
-            slang_phrases={str(k): str(v) for k, v in raw["slang_phrases"].items()},
-            prefixes=tuple(raw["prefixes"]),
-            suffixes=tuple(raw["suffixes"]),
-            emoji=tuple(raw["emoji"]),
-        )
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise GuardtuneError(
-            f"{where}: expected slang and slang_phrases mappings and prefixes, suffixes, emoji lists ({exc})"
-        ) from None
+    return parse(_ChatWords, raw, where)
 
 
 def chat_filler_words() -> frozenset[str]:

@@ -1,0 +1,126 @@
+"""The dual-path chat completion: the guard screens both sides, the bare base model answers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends
+from transformers import GenerationConfig
+
+from guardtune.backbone import Backbone
+from guardtune.serve import schemas
+from guardtune.serve.errors import ERROR_RESPONSES, ApiError
+from guardtune.serve.service import Service, score_dict, service
+
+router = APIRouter()
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat prompt: the tokenizer's chat template, or a plain transcript without one."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    return list(tokenizer(text)["input_ids"])
+
+
+@dataclass
+class Reply:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+def generate_reply(backbone: Backbone, messages: list[dict[str, str]], max_new_tokens: int) -> Reply:
+    """The base model's greedy reply with every adapter disabled.
+
+    A guard merged into its base is unmerged by PEFT on the first such request (see
+    :func:`guardtune.merging.should_merge` for why that is exact enough).
+    """
+    tokenizer = backbone.tokenizer
+    ids = prompt_ids(tokenizer, messages)
+    input_ids = torch.tensor([ids], device=backbone.device)
+    model: Any = backbone.model
+    eos = model.generation_config.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.inference_mode(), backbone.peft_model.disable_adapter():
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=config,
+        )
+    new = output[0, len(ids) :].tolist()
+    eos_ids = {eos} if isinstance(eos, int) else set(eos or [tokenizer.eos_token_id])
+    finished = bool(new) and new[-1] in eos_ids
+    text = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return Reply(text, len(ids), len(new), "stop" if finished or len(new) < max_new_tokens else "length")
+
+
+@router.post("/v1/chat/completions", response_model=schemas.ChatResponse, responses=ERROR_RESPONSES)
+async def chat(body: schemas.ChatRequest, svc: Annotated[Service, Depends(service)]) -> schemas.ChatResponse:
+    """Dual path: the guard screens the last user message and the reply; the base answers.
+
+    The reply comes from the guard's base model with every adapter disabled (greedy, at most
+    ``max_new_tokens``). A flagged turn gets the refusal, ``finish_reason: content_filter``
+    and the categories that triggered it in ``guard``.
+    """
+    guard = svc.guard_for(body.model)
+    settings = svc.settings
+    if body.stream:
+        raise ApiError(400, "stream: streaming is not supported", param="stream", code="unsupported")
+    svc.check_texts([m.content for m in body.messages], "messages")
+    users = [m.content for m in body.messages if m.role == "user"]
+    if not users:
+        raise ApiError(422, "messages: expected at least one user message", param="messages")
+    wanted = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+    max_new = min(wanted, settings.max_new_tokens)
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    verdicts: list[schemas.GuardVerdict] = []
+
+    async def screen(text: str, stage: str) -> bool:
+        scores, decided = await svc.classify(guard, [text])
+        flags = decided[0][1]
+        verdicts.append(
+            schemas.GuardVerdict(
+                stage=stage,  # type: ignore[arg-type]
+                flagged=bool(flags),
+                categories=flags,
+                scores=score_dict(guard, scores[0]),
+            )
+        )
+        return bool(flags)
+
+    def respond(content: str, finish: str, prompt: int = 0, completion: int = 0) -> schemas.ChatResponse:
+        refused = finish == "content_filter"
+        return schemas.ChatResponse(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=guard.name,
+            choices=[
+                schemas.ChatChoice(
+                    message=schemas.ChatChoiceMessage(content=content, refusal=content if refused else None),
+                    finish_reason=finish,  # type: ignore[arg-type]
+                )
+            ],
+            usage=schemas.ChatUsage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            ),
+            guard=verdicts,
+        )
+
+    if await screen(users[-1], "input"):
+        return respond(settings.refusal, "content_filter")
+    reply = await svc.on_worker(svc.batcher.run(lambda: generate_reply(guard.backbone, messages, max_new)))
+    if await screen(reply.text, "output"):
+        return respond(settings.refusal, "content_filter", reply.prompt_tokens, reply.completion_tokens)
+    return respond(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens)
