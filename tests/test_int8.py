@@ -2,6 +2,7 @@
 calibration knows the precision it was fitted in."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import load_script, run_cli
 from torch import nn
 
 from guardtune import precision
@@ -64,8 +65,9 @@ def test_int8_labels_agree_with_bf16(model_dir: Path, toy_files: dict[str, Path]
     bf16 = Classifier.load(model_dir, dtype="bf16")
     int8 = Classifier.load(model_dir, dtype="int8")
     assert int8.precision == "int8" and bf16.precision == "bf16"
-    # 2 layers x 7 merged projections; the embedding and the head keep their float dtype.
-    assert len(_int8_layers(int8)) == 14 and not _int8_layers(bf16)
+    # 2 layers x 6 merged projections (down_proj stays float by default); the embedding and the
+    # head keep their float dtype.
+    assert len(_int8_layers(int8)) == 12 and not _int8_layers(bf16)
     backbone = int8.method.backbone
     assert backbone.model.get_input_embeddings().weight.dtype == backbone.dtype
     assert int8.method.classifier.weight.dtype == torch.float32
@@ -164,7 +166,8 @@ def test_training_refuses_int8(tiny_base: str) -> None:
 @needs_int8
 def test_quantize_projections_leaves_adapters_and_heads_in_float(tiny_base: str) -> None:
     backbone = load_backbone(tiny_base, dtype="fp32")
-    assert quantize_projections(backbone.model) == 14
+    assert quantize_projections(backbone.model) == 12
+    assert isinstance(backbone.model.model.layers[0].mlp.down_proj, nn.Linear)
     assert backbone.model.get_output_embeddings().weight.dtype == torch.float32
     ids = backbone.tokenizer(["gg nice game"], return_tensors="pt")
     with torch.inference_mode():
@@ -193,3 +196,88 @@ def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(precision.ENGINE_ENV, "cuda")
     with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ENGINE='cuda': expected one of"):
         precision.int8_engine()
+
+
+def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    threads = torch.get_num_threads()
+    bench = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "bench_predict.py")
+    try:
+        result = bench.main(
+            [
+                "--model", str(model_dir), "--data", str(toy_files["test"]), "--guardtune-only",
+                "--dtypes", "fp32", "int8", "--n", "40", "--latency-n", "2", "--batch-size", "8",
+                "--matmul-size", "64", "--threads", "1", "--no-isolate", "--work", str(tmp_path),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    float_row, int8_row = result["paths"]
+    assert [(r["kind"], r["dtype"]) for r in result["paths"]] == [
+        ("guardtune", "fp32"),
+        ("guardtune", "int8"),
+    ]
+    # The first 40 rows of the file, scored against its gold labels.
+    assert result["config"]["n"] == 40 and result["config"]["data"] == str(toy_files["test"])
+    gold = pd.read_csv(toy_files["test"])["label"].tolist()[:40]
+    assert json.loads((tmp_path / "messages.json").read_text())["labels"] == gold
+    assert float_row["agreement_with_reference"] is None and float_row["speed_to_reference"] is None
+    assert 0.0 <= int8_row["agreement_with_reference"] <= 1.0 and int8_row["speed_to_reference"] > 0
+    assert int8_row["speed_to_reference"] == pytest.approx(
+        int8_row["messages_per_s"] / float_row["messages_per_s"]
+    )
+    assert 0.0 <= int8_row["macro_f1"] <= 1.0 and float_row["ratio_to_seeds"] is None
+    assert ("projections int8" in int8_row["note"]) == (precision.int8_unavailable_reason() is None)
+
+
+def test_a_cached_base_loads_a_compact_tokenizer_with_the_same_ids(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A base guardtune converted lives under its cache: its tokenizer gets a compact copy (a
+    # smaller peak while loading); a user's directory is never written to.
+    from transformers import AutoTokenizer
+
+    from guardtune.tokenizer_cache import COMPACT_DIR, compact_tokenizer_json, load_tokenizer
+
+    monkeypatch.setenv("GUARDTUNE_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "bases" / "gguf-0123"
+    shutil.copytree(tiny_base, cached)
+    texts = [*_texts(toy_files), "  two  spaces\n\nünïcödé 😀"]
+    expected = AutoTokenizer.from_pretrained(tiny_base)
+    backbone = load_backbone(str(cached), dtype="fp32")
+    assert (cached / COMPACT_DIR / "tokenizer.json").is_file() and not (
+        Path(tiny_base) / COMPACT_DIR
+    ).exists()
+    raw = json.loads((cached / COMPACT_DIR / "tokenizer.json").read_text())
+    assert all(isinstance(merge, str) for merge in raw["model"]["merges"])
+    tokenizer = backbone.tokenizer
+    assert tokenizer(texts)["input_ids"] == expected(texts)["input_ids"]
+    assert tokenizer.padding_side == expected.padding_side and tokenizer.pad_token_id == expected.pad_token_id
+    assert type(load_tokenizer(tiny_base, tmp_path / "cache")).__name__ == type(expected).__name__
+    # A merged token holding a space cannot be written as "a b": no compact copy then.
+    assert compact_tokenizer_json({"model": {"type": "BPE", "merges": [["a b", "c"]]}}) is None
+    assert compact_tokenizer_json({"model": {"type": "Unigram"}}) is None
+
+
+@needs_int8
+def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def quantised(value: str | None) -> list[str]:
+        if value is None:
+            monkeypatch.delenv(precision.FLOAT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(precision.FLOAT_ENV, value)
+        model = load_backbone(tiny_base, dtype="fp32").model
+        quantize_projections(model)
+        return [name for name, module in model.named_modules() if isinstance(module, Int8Linear)]
+
+    default = quantised(None)
+    assert len(default) == 12 and not any("down_proj" in name for name in default)
+    assert len(quantised("none")) == 14
+    # Layer 0 whole, and every layer's down_proj and o_proj.
+    kept = quantised("first, down_proj,o_proj")
+    assert len(kept) == 5 and all(".layers.1." in name for name in kept)
+    assert len(quantised("last")) == 7 and len(quantised("first,last")) == 0
+    monkeypatch.setenv(precision.FLOAT_ENV, "mlp")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_FLOAT='mlp': expected 'none' or"):
+        precision.int8_float_parts()

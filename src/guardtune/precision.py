@@ -41,6 +41,17 @@ _ENGINES = ("x86", "fbgemm", "onednn")
 # Which of them packs the weights (to compare kernels; the default is the one measured fastest).
 ENGINE_ENV = "GUARDTUNE_INT8_ENGINE"
 DEFAULT_ENGINE = "x86"
+# Which projections stay in float: projection names (``down_proj``), ``first`` / ``last`` (a whole
+# decoder layer), or ``none``. ``down_proj`` reads the MLP's gated activations, whose few large
+# channels set the per-call uint8 range and leave the rest a handful of levels: quantising it cost
+# most of the labels int8 changed (docs/int8.md has the validation table that chose it).
+FLOAT_ENV = "GUARDTUNE_INT8_FLOAT"
+DEFAULT_FLOAT = ("down_proj",)
+# How activations are quantised per call: ``tensor`` (one uint8 range per call, torch's quantised
+# linear) or ``token`` (one int8 range per token, ``torch._int_mm`` with the scales applied after).
+ACTIVATION_ENV = "GUARDTUNE_INT8_ACTIVATIONS"
+ACTIVATION_MODES = ("tensor", "token")
+_LAYER_WORDS = ("first", "last")
 
 
 def cpu_supports_int8() -> bool:
@@ -80,15 +91,21 @@ class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` as int8 weights (one scale per output row), run by torch's quantised
     linear with activations quantised per call; input and output keep their float dtype."""
 
-    def __init__(self, linear: nn.Linear, engine: str = "x86") -> None:
+    def __init__(self, linear: nn.Linear, engine: str = "x86", activations: str = "tensor") -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.engine = engine
+        self.activations = activations
         weight = linear.weight.detach().float()
         # Symmetric per-row scales: a row with small weights keeps its resolution when another
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
         scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
+        if activations == "token":
+            self._weight_t = torch.round(weight / scales.float()[:, None]).to(torch.int8).t().contiguous()
+            self._scales = scales.float()
+            return
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
         bias = None if linear.bias is None else linear.bias.detach().float()
         previous = torch.backends.quantized.engine
@@ -104,13 +121,28 @@ class Int8Linear(nn.Module):
             torch.backends.quantized.engine = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations == "token":
+            return self._forward_per_token(x)
         # The quantised linear takes and returns fp32; reduce_range=False is exact on VNNI / AMX
         # (their int8 products accumulate in int32 without the 16-bit saturation of plain AVX2).
         y = torch.ops.quantized.linear_dynamic(x.float(), self._packed, False)
         return y.to(x.dtype)
 
+    def _forward_per_token(self, x: torch.Tensor) -> torch.Tensor:
+        # One scale per token: a message's outlier channels no longer coarsen the others' tokens.
+        rows = x.reshape(-1, self.in_features).float()
+        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+        quantised = torch.round(rows / scale).to(torch.int8)
+        y = torch._int_mm(quantised, self._weight_t).float() * (scale * self._scales)
+        if self._bias is not None:
+            y = y + self._bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
+            f"activations={self.activations}"
+        )
 
 
 @functools.cache
@@ -160,7 +192,27 @@ def int8_engine() -> str:
     return engine
 
 
-def quantize_projections(model: nn.Module, engine: str | None = None) -> int:
+def int8_float_parts() -> tuple[str, ...]:
+    """What stays in float under ``--dtype int8``: ``GUARDTUNE_INT8_FLOAT`` (comma-separated) or
+    :data:`DEFAULT_FLOAT`; ``none`` quantises every projection."""
+    raw = os.environ.get(FLOAT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_FLOAT
+    parts = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if parts == ("none",):
+        return ()
+    bad = [p for p in parts if p != "none" and not (p in _LAYER_WORDS or p.endswith("_proj"))]
+    if bad or "none" in parts:
+        raise GuardtuneError(
+            f"{FLOAT_ENV}={raw!r}: expected 'none' or comma-separated projection names (down_proj) "
+            "and first / last"
+        )
+    return parts
+
+
+def quantize_projections(
+    model: nn.Module, engine: str | None = None, keep_float: tuple[str, ...] | None = None
+) -> int:
     """Replace every linear projection of the decoder layers by an :class:`Int8Linear`, in place.
 
     LoRA adapters must already be on the model (PEFT cannot add one to an int8 layer): a merged
@@ -170,20 +222,30 @@ def quantize_projections(model: nn.Module, engine: str | None = None) -> int:
 
     Args:
         engine: ``x86``, ``fbgemm`` or ``onednn``; default: :func:`int8_engine`.
+        keep_float: projection names and ``first`` / ``last`` (layers) left in float; default:
+            :func:`int8_float_parts`.
 
     Returns:
         How many projections were quantised.
     """
     engine = engine or int8_engine()
+    activations = os.environ.get(ACTIVATION_ENV) or "tensor"
+    if activations not in ACTIVATION_MODES:
+        raise GuardtuneError(f"{ACTIVATION_ENV}={activations!r}: expected tensor or token")
+    keep = int8_float_parts() if keep_float is None else keep_float
     layers = _decoder_layers(model)
+    count = len(list(layers.children()))
+    skipped_layers = {str(i) for word, i in (("first", 0), ("last", count - 1)) if word in keep}
     targets = []
     for name, module in layers.named_modules():
         parts = name.split(".")
+        if parts[0] in skipped_layers or any(p in keep for p in parts):
+            continue
         if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
             parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
             targets.append((parent, parts[-1], module))
     for parent, child, linear in targets:
-        setattr(parent, child, Int8Linear(linear, engine))
+        setattr(parent, child, Int8Linear(linear, engine, activations))
         if sys.getrefcount(linear.weight) <= 2:  # the module's own reference and the argument's
             release_pages(linear.weight.data)
     return len(targets)
