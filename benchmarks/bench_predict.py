@@ -149,7 +149,7 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     body = 0
     for module in model.modules():
         if type(module).__name__ == "Int8Linear":  # packed int8 weights: no parameters to list
-            body += module.in_features * module.out_features
+            body += int(getattr(module, "in_features", 0)) * int(getattr(module, "out_features", 0))
     for name, param in model.named_parameters():
         if "embed_tokens" in name or "lm_head" in name or name.endswith(".score.weight"):
             continue
