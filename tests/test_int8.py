@@ -51,12 +51,21 @@ def test_int8_linear_matches_the_float_layer() -> None:
     linear = nn.Linear(96, 48, bias=True)
     x = torch.randn(3, 5, 96)
     expected = linear(x)
-    got = Int8Linear(linear)(x)
-    assert got.shape == expected.shape and got.dtype == x.dtype
-    # int8 weights and activations: about 1% of the output's scale, never the float result exactly.
-    error = (got - expected).abs().max() / expected.abs().max()
-    assert 0 < error < 0.03
-    assert Int8Linear(linear)(x.bfloat16()).dtype == torch.bfloat16
+    for activations in ("token", "tensor"):
+        got = Int8Linear(linear, activations=activations)(x)
+        assert got.shape == expected.shape and got.dtype == x.dtype
+        # int8 weights and activations: about 1% of the output's scale, never the float result.
+        error = (got - expected).abs().max() / expected.abs().max()
+        assert 0 < error < 0.03, activations
+        assert Int8Linear(linear, activations=activations)(x.bfloat16()).dtype == torch.bfloat16
+    # One outlier channel in one token: per-token scales keep the other tokens' resolution.
+    x[0, 0, 0] = 400.0
+    expected = linear(x)[1:]
+    errors = {
+        a: (Int8Linear(linear, activations=a)(x)[1:] - expected).abs().max().item()
+        for a in ("token", "tensor")
+    }
+    assert errors["token"] < errors["tensor"] / 4
 
 
 @needs_int8
@@ -65,9 +74,8 @@ def test_int8_labels_agree_with_bf16(model_dir: Path, toy_files: dict[str, Path]
     bf16 = Classifier.load(model_dir, dtype="bf16")
     int8 = Classifier.load(model_dir, dtype="int8")
     assert int8.precision == "int8" and bf16.precision == "bf16"
-    # 2 layers x 6 merged projections (down_proj stays float by default); the embedding and the
-    # head keep their float dtype.
-    assert len(_int8_layers(int8)) == 12 and not _int8_layers(bf16)
+    # 2 layers x 7 merged projections; the embedding and the head keep their float dtype.
+    assert len(_int8_layers(int8)) == 14 and not _int8_layers(bf16)
     backbone = int8.method.backbone
     assert backbone.model.get_input_embeddings().weight.dtype == backbone.dtype
     assert int8.method.classifier.weight.dtype == torch.float32
@@ -166,8 +174,7 @@ def test_training_refuses_int8(tiny_base: str) -> None:
 @needs_int8
 def test_quantize_projections_leaves_adapters_and_heads_in_float(tiny_base: str) -> None:
     backbone = load_backbone(tiny_base, dtype="fp32")
-    assert quantize_projections(backbone.model) == 12
-    assert isinstance(backbone.model.model.layers[0].mlp.down_proj, nn.Linear)
+    assert quantize_projections(backbone.model) == 14
     assert backbone.model.get_output_embeddings().weight.dtype == torch.float32
     ids = backbone.tokenizer(["gg nice game"], return_tensors="pt")
     with torch.inference_mode():
@@ -271,9 +278,9 @@ def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch
         quantize_projections(model)
         return [name for name, module in model.named_modules() if isinstance(module, Int8Linear)]
 
-    default = quantised(None)
-    assert len(default) == 12 and not any("down_proj" in name for name in default)
-    assert len(quantised("none")) == 14
+    assert len(quantised(None)) == len(quantised("none")) == 14
+    down = quantised("down_proj")
+    assert len(down) == 12 and not any("down_proj" in name for name in down)
     # Layer 0 whole, and every layer's down_proj and o_proj.
     kept = quantised("first, down_proj,o_proj")
     assert len(kept) == 5 and all(".layers.1." in name for name in kept)
@@ -281,3 +288,6 @@ def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch
     monkeypatch.setenv(precision.FLOAT_ENV, "mlp")
     with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_FLOAT='mlp': expected 'none' or"):
         precision.int8_float_parts()
+    monkeypatch.setenv(precision.ACTIVATION_ENV, "row")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token or tensor"):
+        quantize_projections(load_backbone(tiny_base, dtype="fp32").model)
