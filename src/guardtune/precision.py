@@ -75,7 +75,10 @@ def int8_unavailable_reason() -> str | None:
     if not all(hasattr(torch, name) for name in ("_int_mm", "quantize_per_channel")) or not hasattr(
         torch.ops.quantized, "linear_dynamic"
     ):
-        return f"torch {torch.__version__} has no quantised linear (torch.ops.quantized.linear_dynamic)"
+        return (
+            f"torch {torch.__version__} lacks an int8 kernel guardtune uses "
+            "(torch._int_mm, torch.ops.quantized.linear_dynamic)"
+        )
     engines = [e for e in _ENGINES if e in torch.backends.quantized.supported_engines]
     if not engines:
         return "torch has no x86 quantised engine (fbgemm / oneDNN) on this machine"
