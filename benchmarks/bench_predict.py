@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -68,6 +69,7 @@ RESULT_KEYS = (
     "macro_f1",
     "agreement_with_seeds",
     "agreement_with_reference",
+    "speed_to_reference",
     "note",
 )
 
@@ -144,6 +146,9 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(non-embedding parameters including LoRA, LM-head parameters) of a (PEFT-wrapped) LM."""
     body = 0
+    for module in model.modules():
+        if type(module).__name__ == "Int8Linear":  # packed int8 weights: no parameters to list
+            body += int(getattr(module, "in_features", 0)) * int(getattr(module, "out_features", 0))
     for name, param in model.named_parameters():
         if "embed_tokens" in name or "lm_head" in name or name.endswith(".score.weight"):
             continue
@@ -293,10 +298,21 @@ def run_seqcls(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dic
 
 def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dict[str, Any]:
     """(c) guardtune: Classifier.predict_proba (length-bucketed batches, prefix reuse, no LM head)."""
-    from guardtune.api import Classifier
+    from guardtune.classifier import Classifier
     from guardtune.infer import _fits_window
+    from guardtune.precision import FLOAT_ENV
 
-    classifier = Classifier.load(spec["model"], dtype=spec["dtype"])
+    dtype, _, keep_float = spec["dtype"].partition(":")
+    previous = os.environ.get(FLOAT_ENV)
+    if keep_float:
+        os.environ[FLOAT_ENV] = keep_float  # read once, when the projections are quantised
+    try:
+        classifier = Classifier.load(spec["model"], dtype=dtype)
+    finally:
+        if keep_float and previous is None:
+            del os.environ[FLOAT_ENV]
+        elif keep_float and previous is not None:
+            os.environ[FLOAT_ENV] = previous
     load_rss = current_rss_mb()
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
@@ -349,17 +365,28 @@ def quiet() -> None:
     logging.disable_progress_bar()
 
 
+# What each kind of path imports before its baseline RSS reading: only what it runs, so a (c) row's
+# peak is a predict process's (guardtune.api would add the trainer, metrics and plotting code).
+WORKER_IMPORTS = {
+    SEEDS: ("peft", "transformers", "guardtune.methods.prompting", "guardtune.modeldir"),
+    SEQCLS: ("peft", "transformers", "guardtune.backbone"),
+    GUARDTUNE: ("guardtune.classifier",),
+}
+
+
 def run_worker(spec_path: Path) -> None:
     """One path, in this process: read the spec and the messages, write the result."""
+    import importlib
+
     quiet()
-    import peft  # noqa: F401  (imports before the baseline RSS reading: every path needs them)
-
-    import guardtune.api  # noqa: F401
-
-    imports_rss = current_rss_mb()
     spec = json.loads(spec_path.read_text())
+    for module in WORKER_IMPORTS[spec["kind"]]:
+        importlib.import_module(module)
+    imports_rss = current_rss_mb()
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
+        # guardtune sets its own thread count as it loads a base; this keeps it at --threads.
+        os.environ.setdefault("GUARDTUNE_THREADS", str(spec["threads"]))
     data = json.loads(Path(spec["data"]).read_text())
     texts, labels = data["texts"][: spec["n"]], data["labels"][: spec["n"]]
     result = RUNNERS[spec["kind"]](spec, texts, labels)
@@ -415,6 +442,21 @@ def train_models(args: argparse.Namespace, work: Path) -> list[Path]:
     return models
 
 
+def read_check_file(path: Path, task: Any, n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` texts and gold labels of a labelled file (CSV, TSV, JSONL, Parquet) of the
+    models' task, e.g. the quickstart's ``data/check.csv``."""
+    from guardtune.data.readers import load_examples
+
+    if task.mode != "single":
+        raise SystemExit(f"--data {path}: task {task.name} is multi-label (expected single-label)")
+    examples = load_examples(path, task)
+    texts = examples.texts[:n]
+    gold = [str(label) for label in (examples.labels or [])[:n]]
+    if not texts:
+        raise SystemExit(f"--data {path}: no rows (expected labelled messages)")
+    return texts, gold
+
+
 def machine() -> dict[str, Any]:
     from guardtune.backbone import describe_machine
 
@@ -434,15 +476,15 @@ def markdown(result: dict[str, Any]) -> str:
     config, peak = result["config"], result["peak_matmul"]
     reference = config["dtypes"][0]
     lines = [
-        f"Base `{config['base']}`, {config['n']} synthetic pii-intent messages "
+        f"Base `{config['base']}`, {config['n']} messages from {config['data']} "
         f"(mean {config['mean_message_tokens']:.1f} tokens), {result['machine']['cpu']}, "
         f"{result['machine']['cores']} cores, torch {result['machine']['torch']} "
         f"({result['machine']['torch_threads']} threads). Peak matmul {config['matmul_size']}^2: "
         f"bf16 {peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.",
         "",
         "| path | method | dtype | msgs | msg/s | x (a) | x (b) | p50 ms | p95 ms | peak RSS MB "
-        f"| % bf16 peak | macro-F1 | agrees with (a) | agrees with {reference} |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| % bf16 peak | macro-F1 | agrees with (a) | agrees with {reference} | x {reference} |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["paths"]:
         lines.append(
@@ -463,6 +505,7 @@ def markdown(result: dict[str, Any]) -> str:
                     fmt(row["macro_f1"], 3),
                     fmt(row["agreement_with_seeds"], 3),
                     fmt(row["agreement_with_reference"], 4),
+                    fmt(row["speed_to_reference"], 2),
                 ]
             )
             + " |"
@@ -501,6 +544,7 @@ def build_row(
         "macro_f1": raw["macro_f1"],
         "agreement_with_seeds": None,
         "agreement_with_reference": None,
+        "speed_to_reference": None,
         "note": raw["note"],
     }
 
@@ -516,7 +560,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-rows", type=int, default=1200, help="without --model: training rows")
     parser.add_argument("--train-batch-size", type=int, default=16)
     parser.add_argument("--methods", nargs="+", default=available_methods(), choices=available_methods())
-    parser.add_argument("--n", type=int, default=1000, help="messages per path")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="labelled messages to measure on, e.g. a model's check split (default: --n synthetic "
+        "pii-intent check-split messages)",
+    )
+    parser.add_argument("--n", type=int, default=1000, help="messages per path (at most)")
     parser.add_argument("--slow-n", type=int, help="messages for (a), one at a time (default: --n)")
     parser.add_argument("--latency-n", type=int, default=50, help="single-message calls for p50/p95")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of (b) and (c)")
@@ -525,13 +575,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--dtypes",
         nargs="+",
         help="guardtune's dtypes, a (c) row each per method; later ones are compared with the first "
-        "(default: --dtype and int8)",
+        "(default: --dtype and int8). int8:PARTS sets GUARDTUNE_INT8_FLOAT=PARTS for that row "
+        "(what stays float, e.g. int8:none, int8:down_proj,first)",
     )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-isolate", action="store_true", help="run every path in this process")
+    parser.add_argument(
+        "--guardtune-only", action="store_true", help="skip (a) and (b): only guardtune's rows per dtype"
+    )
     parser.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--markdown", type=Path, help="write the table here")
@@ -555,11 +609,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--model: the models have different bases ({', '.join(sorted(bases))})")
     base = next(iter(bases)) if args.model else args.base
     task = next(iter(manifests.values())).task
-    slow_n = min(args.slow_n or args.n, args.n)
     dtypes = list(dict.fromkeys(args.dtypes or [args.dtype, "int8"]))
 
-    frame = sample("pii-intent", args.n, args.seed + 1000, split="check")
-    texts, gold = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
+    if args.data:
+        texts, gold = read_check_file(args.data, task, args.n)
+    else:
+        frame = sample("pii-intent", args.n, args.seed + 1000, split="check")
+        texts, gold = [str(t) for t in frame["text"]], [str(x) for x in frame["label"]]
+    n = len(texts)
+    slow_n = min(args.slow_n or n, n)
     data = work / "messages.json"
     data.write_text(json.dumps({"texts": texts, "labels": gold}))
     from transformers import AutoTokenizer
@@ -576,6 +634,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     by_method = {manifests[path].method: path for path in models}
     prompt_methods = [m for m in available_methods() if get_method(m).reads_prompt]
     seed_methods = [m for m in prompt_methods if m in by_method] or [next(iter(by_method))]
+    if args.guardtune_only:
+        seed_methods = []
     for method in seed_methods:
         spec = {**common, "kind": SEEDS, "method": method, "model": str(by_method[method]), "n": slow_n}
         spec["dtype"] = "fp32"
@@ -584,14 +644,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             build_row("(a) seeds: generate 8 tokens, 1 at a time, fp32", spec, raw, peak_bf16, isolate)
         )
         predictions[(SEEDS, method)] = raw["predicted"]
-    lora = next(iter(manifests.values())).lora
-    spec = {**common, "kind": SEQCLS, "n": args.n, "batch_size": args.batch_size, "dtype": "fp32"}
-    spec.update(lora=lora, labels=task.label_names, method=None)
-    raw = run_path(spec, work, isolate)
-    rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_bf16, isolate))
+    if not args.guardtune_only:
+        lora = next(iter(manifests.values())).lora
+        spec = {**common, "kind": SEQCLS, "n": n, "batch_size": args.batch_size, "dtype": "fp32"}
+        spec.update(lora=lora, labels=task.label_names, method=None)
+        raw = run_path(spec, work, isolate)
+        rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_bf16, isolate))
     for method, path in by_method.items():
         for dtype in dtypes:
-            spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": args.n}
+            spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": n}
             spec.update(batch_size=args.batch_size, dtype=dtype)
             raw = run_path(spec, work, isolate)
             row = build_row("(c) guardtune predict_proba", spec, raw, peak_bf16, isolate)
@@ -601,26 +662,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             reference = predictions.setdefault((GUARDTUNE, method), raw["predicted"])
             if dtype != dtypes[0]:
                 row["agreement_with_reference"] = agreement(raw["predicted"], reference)
+                first = next(r for r in rows if r["kind"] == GUARDTUNE and r["method"] == method)
+                if row["messages_per_s"] and first["messages_per_s"]:
+                    row["speed_to_reference"] = row["messages_per_s"] / first["messages_per_s"]
             rows.append(row)
 
-    seeds_speed = rows[0]["messages_per_s"]
-    seqcls_speed = next(r["messages_per_s"] for r in rows if r["kind"] == SEQCLS)
+    seeds_speed = next((r["messages_per_s"] for r in rows if r["kind"] == SEEDS), None)
+    seqcls_speed = next((r["messages_per_s"] for r in rows if r["kind"] == SEQCLS), None)
     for row in rows:
         speed = row["messages_per_s"]
         row["ratio_to_seeds"] = speed / seeds_speed if speed and seeds_speed else None
         row["ratio_to_seqcls"] = speed / seqcls_speed if speed and seqcls_speed else None
-    notes = [
-        f"(a) ran on the first {slow_n} of the {args.n} messages, with the adapter of "
+    baselines = [
+        f"(a) ran on the first {slow_n} of the {n} messages, with the adapter of "
         f"{', '.join(seed_methods)}; x (a) is against the first (a) row "
         f"({rows[0]['method']}). Greedy, up to 8 new tokens, label parsed from the text.",
         "(b) has a randomly initialised, untrained classification head: its speed is meaningful, "
         "its predictions are not (macro-F1 n/a).",
-        "macro-F1 uses the most likely label (no policy thresholds) against the synthetic gold "
-        "labels (check split: templates the training generator never uses); 'agrees with (a)' is "
+    ]
+    notes = [
+        *(["--guardtune-only: (a) and (b) not run."] if args.guardtune_only else baselines),
+        "macro-F1 uses the most likely label (no policy thresholds) against the gold labels of "
+        + (
+            f"{args.data}"
+            if args.data
+            else "the synthetic check split (templates the training generator never uses)"
+        )
+        + "; 'agrees with (a)' is "
         "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
         "the same adapter's generated text.",
         f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
-        f"all {args.n} messages where a later dtype picks the label the {dtypes[0]} row picked. "
+        f"all {n} messages where a later dtype picks the label the {dtypes[0]} row picked, and "
+        f"'x {dtypes[0]}' its messages/s over that row's (same run). "
         "int8: the decoder's projections as int8 (torch's quantised linear), the rest as auto.",
         f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
         "all its calls count).",
@@ -637,7 +710,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "skips the reused prompt prefix), plus the full LM head per generated token for (a); "
         "guardtune's label rows and linear head are not counted.",
     ]
-    if not any(m in prompt_methods for m in by_method):
+    if seed_methods and not any(m in prompt_methods for m in by_method):
         notes.append(
             f"no prompt-based model given: (a) ran with the {seed_methods[0]} adapter, which is not "
             "trained to generate a label, so its macro-F1 means nothing (its speed does)."
@@ -646,7 +719,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {
             "work": str(work),
             "base": base,
-            "n": args.n,
+            "n": n,
+            "data": str(args.data) if args.data else "the synthetic pii-intent check split",
             "slow_n": slow_n,
             "latency_n": args.latency_n,
             "batch_size": args.batch_size,

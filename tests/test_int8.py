@@ -2,6 +2,7 @@
 calibration knows the precision it was fitted in."""
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import load_script, run_cli
 from torch import nn
 
 from guardtune import precision
@@ -50,12 +51,21 @@ def test_int8_linear_matches_the_float_layer() -> None:
     linear = nn.Linear(96, 48, bias=True)
     x = torch.randn(3, 5, 96)
     expected = linear(x)
-    got = Int8Linear(linear)(x)
-    assert got.shape == expected.shape and got.dtype == x.dtype
-    # int8 weights and activations: about 1% of the output's scale, never the float result exactly.
-    error = (got - expected).abs().max() / expected.abs().max()
-    assert 0 < error < 0.03
-    assert Int8Linear(linear)(x.bfloat16()).dtype == torch.bfloat16
+    for activations in ("token", "tensor"):
+        got = Int8Linear(linear, activations=activations)(x)
+        assert got.shape == expected.shape and got.dtype == x.dtype
+        # int8 weights and activations: about 1% of the output's scale, never the float result.
+        error = (got - expected).abs().max() / expected.abs().max()
+        assert 0 < error < 0.03, activations
+        assert Int8Linear(linear, activations=activations)(x.bfloat16()).dtype == torch.bfloat16
+    # One outlier channel in one token: per-token scales keep the other tokens' resolution.
+    x[0, 0, 0] = 400.0
+    expected = linear(x)[1:]
+    errors = {
+        a: (Int8Linear(linear, activations=a)(x)[1:] - expected).abs().max().item()
+        for a in ("token", "tensor")
+    }
+    assert errors["token"] < errors["tensor"] / 4
 
 
 @needs_int8
@@ -193,3 +203,91 @@ def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv(precision.ENGINE_ENV, "cuda")
     with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ENGINE='cuda': expected one of"):
         precision.int8_engine()
+
+
+def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    threads = torch.get_num_threads()
+    bench = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "bench_predict.py")
+    try:
+        result = bench.main(
+            [
+                "--model", str(model_dir), "--data", str(toy_files["test"]), "--guardtune-only",
+                "--dtypes", "fp32", "int8", "--n", "40", "--latency-n", "2", "--batch-size", "8",
+                "--matmul-size", "64", "--threads", "1", "--no-isolate", "--work", str(tmp_path),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    float_row, int8_row = result["paths"]
+    assert [(r["kind"], r["dtype"]) for r in result["paths"]] == [
+        ("guardtune", "fp32"),
+        ("guardtune", "int8"),
+    ]
+    # The first 40 rows of the file, scored against its gold labels.
+    assert result["config"]["n"] == 40 and result["config"]["data"] == str(toy_files["test"])
+    gold = pd.read_csv(toy_files["test"])["label"].tolist()[:40]
+    assert json.loads((tmp_path / "messages.json").read_text())["labels"] == gold
+    assert float_row["agreement_with_reference"] is None and float_row["speed_to_reference"] is None
+    assert 0.0 <= int8_row["agreement_with_reference"] <= 1.0 and int8_row["speed_to_reference"] > 0
+    assert int8_row["speed_to_reference"] == pytest.approx(
+        int8_row["messages_per_s"] / float_row["messages_per_s"]
+    )
+    assert 0.0 <= int8_row["macro_f1"] <= 1.0 and float_row["ratio_to_seeds"] is None
+    assert ("projections int8" in int8_row["note"]) == (precision.int8_unavailable_reason() is None)
+
+
+def test_a_cached_base_loads_a_compact_tokenizer_with_the_same_ids(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A base guardtune converted lives under its cache: its tokenizer gets a compact copy (a
+    # smaller peak while loading); a user's directory is never written to.
+    from transformers import AutoTokenizer
+
+    from guardtune.tokenizer_cache import COMPACT_DIR, compact_tokenizer_json, load_tokenizer
+
+    monkeypatch.setenv("GUARDTUNE_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "bases" / "gguf-0123"
+    shutil.copytree(tiny_base, cached)
+    texts = [*_texts(toy_files), "  two  spaces\n\nünïcödé 😀"]
+    expected = AutoTokenizer.from_pretrained(tiny_base)
+    backbone = load_backbone(str(cached), dtype="fp32")
+    assert (cached / COMPACT_DIR / "tokenizer.json").is_file() and not (
+        Path(tiny_base) / COMPACT_DIR
+    ).exists()
+    raw = json.loads((cached / COMPACT_DIR / "tokenizer.json").read_text())
+    assert all(isinstance(merge, str) for merge in raw["model"]["merges"])
+    tokenizer = backbone.tokenizer
+    assert tokenizer(texts)["input_ids"] == expected(texts)["input_ids"]
+    assert tokenizer.padding_side == expected.padding_side and tokenizer.pad_token_id == expected.pad_token_id
+    assert type(load_tokenizer(tiny_base, tmp_path / "cache")).__name__ == type(expected).__name__
+    # A merged token holding a space cannot be written as "a b": no compact copy then.
+    assert compact_tokenizer_json({"model": {"type": "BPE", "merges": [["a b", "c"]]}}) is None
+    assert compact_tokenizer_json({"model": {"type": "Unigram"}}) is None
+
+
+@needs_int8
+def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def quantised(value: str | None) -> list[str]:
+        if value is None:
+            monkeypatch.delenv(precision.FLOAT_ENV, raising=False)
+        else:
+            monkeypatch.setenv(precision.FLOAT_ENV, value)
+        model = load_backbone(tiny_base, dtype="fp32").model
+        quantize_projections(model)
+        return [name for name, module in model.named_modules() if isinstance(module, Int8Linear)]
+
+    assert len(quantised(None)) == len(quantised("none")) == 14
+    down = quantised("down_proj")
+    assert len(down) == 12 and not any("down_proj" in name for name in down)
+    # Layer 0 whole, and every layer's down_proj and o_proj.
+    kept = quantised("first, down_proj,o_proj")
+    assert len(kept) == 5 and all(".layers.1." in name for name in kept)
+    assert len(quantised("last")) == 7 and len(quantised("first,last")) == 0
+    monkeypatch.setenv(precision.FLOAT_ENV, "mlp")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_FLOAT='mlp': expected 'none' or"):
+        precision.int8_float_parts()
+    monkeypatch.setenv(precision.ACTIVATION_ENV, "row")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token or tensor"):
+        quantize_projections(load_backbone(tiny_base, dtype="fp32").model)

@@ -24,6 +24,7 @@ from guardtune.atomic import atomic_dir
 from guardtune.errors import GuardtuneError
 from guardtune.precision import resolve_int8
 from guardtune.quantize import quantization_config
+from guardtune.tokenizer_cache import load_tokenizer
 
 DtypeName = Literal["auto", "bf16", "fp32", "int8"]
 DTYPE_NAMES = ("auto", "bf16", "fp32", "int8")
@@ -356,7 +357,7 @@ def load_backbone(
     source = resolve_base_dir(base)
     try:
         with _quiet_loading():
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            tokenizer = load_tokenizer(source, cache_root() / "bases")
             model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **extra)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
