@@ -110,6 +110,10 @@ def assert_agrees(result: dict[str, Any], guard: Guard, tolerance: float) -> np.
     labels = [guard.classifier.labels[i] for i in scores.argmax(axis=1)]
     differing = [i for i, (a, b) in enumerate(zip(labels, guard.labels, strict=True)) if a != b]
     worst = float(np.abs(scores - guard.scores).max())
+    print(
+        f"{result['engine']} {result['version']}: {len(labels) - len(differing)} of {len(labels)} "
+        f"labels equal, max |score difference| {worst:.5f}"
+    )
     assert not differing, f"{len(differing)} labels differ, first at message {differing[0]}; max |d| {worst}"
     assert worst <= tolerance, f"max |score difference| {worst:.4f} > {tolerance}"
     return scores
@@ -167,10 +171,14 @@ def test_llama_cpp_answers_the_generate_gguf_like_guardtune(guard, messages: lis
     result = engines.run_driver("llama", llama_request(gen, messages, firsts, answers))
     assert_tokenizes_the_rendered_prompt(result, gen, "llama.cpp")
     assert_agrees(result, gen, tolerance=0.05)
-    # A grammar of the task's answers makes llama.cpp's greedy decoding guardtune's constrained one.
+    # A grammar of the task's answers keeps llama.cpp to them. It constrains text, not tokens: it
+    # may spell an answer in sub-word tokens (" as" + "king") that guardtune's token trie never
+    # offers, so its greedy path can end elsewhere; the agreement is printed, not required.
     constrained = [row["constrained"].strip() for row in result["rows"]]
-    assert constrained == gen.method.generate_answers(messages)
-    # Free greedy decoding: the answer or its start; how often depends on training (brief here).
+    assert set(constrained) <= set(gen.classifier.labels)
+    same = sum(a == b for a, b in zip(constrained, gen.method.generate_answers(messages), strict=True))
+    print(f"llama.cpp grammar answer == guardtune's constrained answer on {same} of {len(messages)}")
+    # Free greedy decoding: the answer or its start; how often depends on training (none here).
     greedy = [row["greedy"].strip() for row in result["rows"]]
     agreement = np.mean([g.startswith(label) for g, label in zip(greedy, gen.labels, strict=True)])
     print(f"llama.cpp free greedy answer == guardtune label on {agreement:.1%} of {len(messages)}")
@@ -199,10 +207,11 @@ def test_vllm_on_the_merged_head_export(guard, messages: list[str]) -> None:
     head = guard("head")
     export = str(head.export("merged"))
     result = engines.run_driver("vllm", {"model": export, "messages": messages, "convert": "classify"})
-    # vLLM registers no Gemma 3 text sequence-classification architecture: it refuses the export
-    # by name (docs/export.md says so).
-    assert "error" in result, "vLLM loads Gemma3TextForSequenceClassification now: update docs/export.md"
-    assert "Gemma3TextForSequenceClassification" in result["error"] + result["traceback"]
+    # vLLM maps Gemma3TextForSequenceClassification to its Gemma3ModelForSequenceClassification,
+    # whose weights have no `model.` prefix, and refuses the export's `model.layers...` names
+    # (docs/export.md says so).
+    assert "error" in result, "vLLM loads the head export as it is now: update docs/export.md"
+    assert "no module or parameter named 'model' in Gemma3ModelForSequenceClassification" in result["error"]
     print(f"vLLM {result['version']} on the head export: {result['root_error'][:400]}")
     # Named as the causal LM, vLLM's classify conversion loads the trained head as its `score`
     # layer and pools the last token, as guardtune does.

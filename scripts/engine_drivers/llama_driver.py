@@ -68,7 +68,9 @@ def main() -> None:
         latencies.append(time.perf_counter() - t0)
         row = {"token_ids": own, "scores": (probs / probs.sum()).tolist()}
         if generate and grammar is not None:
-            longest = max(len(llm.tokenize(a.encode("utf-8"), add_bos=False)) for a in answers) + 1
+            # The grammar lets llama.cpp spell an answer in more tokens than its own tokenization
+            # (" non" + "e"): a token per character is the most it can take.
+            longest = max(len(a) for a in answers) + 1
             constrained = llm.create_completion(tokens, max_tokens=longest, temperature=0.0, grammar=grammar)
             free = llm.create_completion(tokens, max_tokens=longest, temperature=0.0)
             row["constrained"] = constrained["choices"][0]["text"]

@@ -71,6 +71,9 @@ def main() -> None:
     messages = request["messages"]
     ids = []
     for message in messages:
+        if tokenizer.chat_template is None:  # a head export classifies the message itself
+            ids.append(tokenizer(message)["input_ids"])
+            continue
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False)
         ids.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     # Given ids (guardtune's) classify the same tokens; the driver's own ids are reported beside.
