@@ -214,3 +214,93 @@ def test_label_then_distill_then_compare(
     assert [r["method"] for r in rows] == ["head", "label-tokens"]
     assert all(r["predict_messages_per_second"] > 0 and 0 <= r["macro_f1"] <= 1 for r in rows)
     assert "| head |" in (table / "compare.md").read_text()
+
+
+# The training options `train` and `compare` share, each a value other than its default.
+TRAINING_ARGS = [
+    *("--epochs", "2", "--max-steps", "7", "--batch-size", "4", "--grad-accum", "3", "--lr", "0.002"),
+    *("--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--lora-targets", "q_proj, v_proj"),
+    *("--save-steps", "5", "--max-length", "64", "--dtype", "fp32", "--device", "cpu"),
+    *("--gradient-checkpointing", "--seed", "9", "--distill", "0.5,2"),
+]
+
+
+def captured_settings(monkeypatch: pytest.MonkeyPatch, command: str, *options: object) -> object:
+    """The ``TrainSettings`` ``guardtune <command>`` hands to the API, without training anything."""
+    import guardtune.api
+    import guardtune.compare
+
+    seen = []
+
+    def fake_train(*args: object, settings: object, **kwargs: object) -> object:
+        seen.append(settings)
+        raise SystemExit(0)
+
+    def fake_compare(*args: object, settings: object, **kwargs: object) -> list[object]:
+        seen.append(settings)
+        return []
+
+    monkeypatch.setattr(guardtune.api, "train", fake_train)
+    monkeypatch.setattr(guardtune.compare, "compare_methods", fake_compare)
+    files = ["--train", "t.csv", "--out", "o"]
+    if command == "compare":
+        files += ["--val", "v.csv", "--test", "x.csv"]
+    assert run_cli(monkeypatch, command, "--task", "pii-intent", *files, *options) == 0
+    (settings,) = seen
+    return settings
+
+
+def test_compare_takes_the_training_options_train_takes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from guardtune.methods import LoraSettings
+    from guardtune.train import TrainSettings
+
+    expected = TrainSettings(
+        epochs=2,
+        max_steps=7,
+        batch_size=4,
+        gradient_accumulation=3,
+        learning_rate=0.002,
+        save_steps=5,
+        max_length=64,
+        dtype="fp32",
+        device="cpu",
+        gradient_checkpointing=True,
+        seed=9,
+        distill=(0.5, 2.0),
+        lora=LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]),
+    )
+    assert captured_settings(monkeypatch, "compare", *TRAINING_ARGS) == expected
+    assert captured_settings(monkeypatch, "train", *TRAINING_ARGS) == expected
+    # Bad values fail the same way in both, before any file is read.
+    for command in ("train", "compare"):
+        capsys.readouterr()
+        files = ["--train", "t.csv", "--out", "o"] + (
+            ["--val", "v", "--test", "x"] if command == "compare" else []
+        )
+        assert run_cli(monkeypatch, command, "--task", "pii-intent", *files, "--grad-accum", "0") == 1
+        assert "--grad-accum: expected a positive integer, found 0" in capsys.readouterr().err
+
+
+def test_training_option_defaults_are_the_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer.main
+
+    from guardtune.cli import app
+    from guardtune.cli_options import TRAINING_OPTIONS, field_default
+    from guardtune.methods.lora import DEFAULT_TARGETS
+    from guardtune.train import TrainSettings
+
+    # With no option given, both commands build exactly the dataclass defaults.
+    assert captured_settings(monkeypatch, "train") == TrainSettings()
+    assert captured_settings(monkeypatch, "compare") == TrainSettings()
+    assert field_default("lora.target_modules") == list(DEFAULT_TARGETS)
+    # What --help shows as each default is the field's own.
+    group = typer.main.get_command(app)
+    for command in ("train", "compare"):
+        params = {p.name: p for p in group.commands[command].params}  # type: ignore[attr-defined]
+        for option in TRAINING_OPTIONS:
+            shown = None if option.parse is not None else field_default(option.field)
+            assert params[option.name].default == shown, (command, option.name)
+    assert params["lr"].default == TrainSettings().learning_rate == 5e-4
+    assert params["lora_r"].default == 16 and params["grad_accum"].default == 1

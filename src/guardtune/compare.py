@@ -40,7 +40,8 @@ def compare_methods(
         get_method(name)  # unknown names fail before any training starts
     settings = settings or TrainSettings()
     out = Path(out)
-    backbone = load_backbone(base, dtype=settings.dtype, device=settings.device)
+    # One base for every method, loaded as `train` would load it (quantised when asked).
+    backbone = load_backbone(base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize)
     test_texts = load_examples(test_path, spec).texts
     rows = []
     for name in methods:
