@@ -270,7 +270,9 @@ def test_soak_script_briefly_no_unexpected_status_and_a_clean_sigterm(
     term = result["sigterm"]
     assert term["exit_code"] == 0 and term["in_flight_unfinished"] == 0
     # Requests sent after SIGTERM are refused once uvicorn has seen it (within its 0.1 s tick).
-    assert term["sent_after"].get("ConnectError", 0) > 0 and term["last_served_ms_after_signal"] < 500
+    # None: no request sent after the signal was served at all, which is the stricter outcome.
+    last_served = term["last_served_ms_after_signal"]
+    assert term["sent_after"].get("ConnectError", 0) > 0 and (last_served is None or last_served < 500)
     assert all(result["rss_mb"][k] > 0 for k in ("start", "after_warmup", "end"))
 
 
