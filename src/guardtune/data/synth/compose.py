@@ -10,8 +10,9 @@ from typing import TypeVar
 
 from faker import Faker
 
+from guardtune.data.synth.context import RowContext
 from guardtune.data.synth.families import Family, field_root, parse_template, template_fields
-from guardtune.data.synth.fillers import FIELD_CATEGORY, RowContext, fillers
+from guardtune.data.synth.fillers import FIELD_CATEGORY, fillers
 from guardtune.data.synth.style import Piece, apply_style
 
 T = TypeVar("T")

@@ -1,5 +1,7 @@
 """Placeholder values: Faker- and digit-built fillers, plus the word lists of ``words.yaml``.
 
+The harmless look-alike numbers and codes (prices, versions, tickets) live in ``lookalikes.py``.
+
 A filler takes the row's :class:`RowContext` (its random generator and the Faker of the row's
 locale) and returns the text for one placeholder. Which fillers are personal information, and which
 ``pii-categories`` category a filler's value is, is declared here once: template files only name
@@ -13,27 +15,15 @@ import re
 import string
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import yaml
-from faker import Faker
 
+from guardtune.data.synth import lookalikes
+from guardtune.data.synth.context import Filler, RowContext
 from guardtune.errors import GuardtuneError
-
-
-@dataclass
-class RowContext:
-    """What a filler may use: the generator's random state and the Faker of the row's locale."""
-
-    rng: random.Random
-    fake: Faker
-    locale: str
-
-
-Filler = Callable[[RowContext], str]
 
 # Placeholders whose value is, by itself, a pii-categories category.
 FIELD_CATEGORY: dict[str, str] = {
@@ -290,100 +280,6 @@ def school(ctx: RowContext) -> str:
     return f"{base} {ctx.rng.choice(words('_school_kind'))}"
 
 
-def version(ctx: RowContext) -> str:
-    # At most three parts, so a version never looks like a dotted IPv4 address.
-    rng = ctx.rng
-    major, minor, fix = rng.randint(1, 30), rng.randint(0, 20), rng.randint(0, 9)
-    return rng.choice((f"{major}.{minor}", f"v{major}.{minor}.{fix}", f"{major}.{minor}.{fix}"))
-
-
-def build(ctx: RowContext) -> str:
-    rng = ctx.rng
-    if rng.random() < 0.5:
-        return f"{rng.randint(2019, 2025)}.{rng.randint(1, 12)}.{rng.randint(1, 28)}"
-    return f"b{rng.randint(1000, 99999)}"
-
-
-def order(ctx: RowContext) -> str:
-    # Short enough not to read as a phone or card number.
-    rng = ctx.rng
-    if rng.random() < 0.5:
-        return f"#{rng.randint(10000, 999999)}"
-    return f"{rng.choice(('ORD', 'A', 'INV'))}-{rng.randint(1000, 99999)}"
-
-
-def ticket(ctx: RowContext) -> str:
-    rng = ctx.rng
-    return f"{rng.choice(('TCK', 'SR', 'CS', 'INC', 'CASE'))}-{rng.randint(10000, 9999999)}"
-
-
-def tracking(ctx: RowContext) -> str:
-    rng = ctx.rng
-    letters = "".join(rng.choice(string.ascii_uppercase) for _ in range(2))
-    return f"{letters}{rng.randint(10**8, 10**9 - 1)}{rng.choice(('US', 'GB', 'DE', 'NL'))}"
-
-
-def card_end(ctx: RowContext) -> str:
-    return f"{ctx.rng.randint(0, 9999):04d}"
-
-
-def price(ctx: RowContext) -> str:
-    rng = ctx.rng
-    style = rng.randrange(4)
-    if style == 0:
-        return f"${rng.randint(1, 99)}.{rng.choice((99, 49, 0)):02d}"
-    if style == 1:
-        return f"{rng.randint(2, 30) * 100:,} vbucks"
-    if style == 2:
-        return f"€{rng.randint(5, 80)}"
-    return f"{rng.randint(100, 2000)} coins"
-
-
-def amount(ctx: RowContext) -> str:
-    rng = ctx.rng
-    value = f"{rng.randint(5, 4999)}.{rng.randint(0, 99):02d}"
-    return rng.choice((f"${value}", f"€{value}", f"£{value}", f"{value} EUR", f"USD {value}"))
-
-
-def time_of_day(ctx: RowContext) -> str:
-    rng = ctx.rng
-    style = rng.randrange(3)
-    if style == 0:
-        return f"{rng.randint(1, 12)}:{rng.choice(('00', '15', '30', '45'))}"
-    if style == 1:
-        return f"{rng.randint(1, 12)}{rng.choice(('pm', 'am', ' pm'))}"
-    return f"{rng.randint(0, 23):02d}:00"
-
-
-def score(ctx: RowContext) -> str:
-    rng = ctx.rng
-    if rng.random() < 0.5:
-        return f"{rng.randint(0, 5)}-{rng.randint(0, 5)}"
-    return f"{rng.randint(0, 30)}-{rng.randint(0, 30)}"
-
-
-def code(ctx: RowContext) -> str:
-    chars = string.ascii_uppercase + string.digits
-    left = "".join(ctx.rng.choice(chars) for _ in range(3))
-    right = "".join(ctx.rng.choice(chars) for _ in range(3))
-    return f"{left}-{right}"
-
-
-def friend_code(ctx: RowContext) -> str:
-    rng = ctx.rng
-    return f"SW-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}-{rng.randint(1000, 9999)}"
-
-
-def promo(ctx: RowContext) -> str:
-    return f"{ctx.rng.choice(('SAVE', 'GAMER', 'SUMMER', 'LOOT', 'GG'))}{ctx.rng.randint(5, 50)}"
-
-
-def coords(ctx: RowContext) -> str:
-    rng = ctx.rng
-    x, y, z = rng.randint(-3000, 3000), rng.randint(0, 255), rng.randint(-3000, 3000)
-    return f"{x}, {y}, {z}" if rng.random() < 0.5 else f"x {x} y {y} z {z}"
-
-
 def date(ctx: RowContext) -> str:
     month, day = words("_month")[ctx.rng.randrange(12)], ctx.rng.randint(1, 28)
     return f"{month} {day}" if ctx.rng.random() < 0.6 else f"{day} {month}"
@@ -426,32 +322,32 @@ _BUILT: dict[str, Filler] = {
     "dob": date_of_birth,
     "url": lambda ctx: str(ctx.fake.url()),
     "company": company,
-    "card_end": card_end,
+    "card_end": lookalikes.card_end,
     # harmless look-alikes
     "ign": username,
     "place_address": place_address,
-    "score": score,
+    "score": lookalikes.score,
     "lvl": _int(1, 150),
     "num": _int(2, 60),
     "small": _int(1, 9),
     "kd": lambda ctx: f"{ctx.rng.uniform(0.3, 4.0):.1f}",
-    "time": time_of_day,
-    "price": price,
-    "amount": amount,
-    "version": version,
-    "build": build,
-    "order": order,
-    "ticket": ticket,
-    "tracking": tracking,
+    "time": lookalikes.time_of_day,
+    "price": lookalikes.price,
+    "amount": lookalikes.amount,
+    "version": lookalikes.version,
+    "build": lookalikes.build,
+    "order": lookalikes.order,
+    "ticket": lookalikes.ticket,
+    "tracking": lookalikes.tracking,
     "bigscore": lambda ctx: f"{ctx.rng.randint(10_000, 9_999_999):,}",
-    "code": code,
-    "friend_code": friend_code,
-    "promo": promo,
+    "code": lookalikes.code,
+    "friend_code": lookalikes.friend_code,
+    "promo": lookalikes.promo,
     "temp": _int(-10, 40),
     "year": _int(1990, 2024),
     "ms": _int(8, 250),
     "pct": lambda ctx: f"{ctx.rng.randint(1, 99)}%",
-    "coords": coords,
+    "coords": lookalikes.coords,
     "date": date,
     "itemid": _int(1000, 99999),
     "room": _int(100, 999),
