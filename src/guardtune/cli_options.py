@@ -30,7 +30,6 @@ err = Console(stderr=True)
 # Options several commands share, declared once so their help reads the same everywhere.
 TaskOption = Annotated[str, typer.Option(help="Built-in task name or task YAML file.")]
 BaseOption = Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")]
-DtypeOption = Annotated[str, typer.Option(help="auto (bf16 where native), bf16 or fp32.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
 InferenceDtypeOption = Annotated[
     str,

@@ -120,7 +120,6 @@ class Int8Linear(nn.Module):
             self._scales = scales.float()
             return
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        bias = None if linear.bias is None else linear.bias.detach().float()
         previous = torch.backends.quantized.engine
         torch.backends.quantized.engine = engine
         try:
@@ -129,7 +128,7 @@ class Int8Linear(nn.Module):
                 # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
                 warnings.simplefilter("ignore", UserWarning)
                 qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+            self._packed = torch.ops.quantized.linear_prepack(qweight, self._bias)
         finally:
             torch.backends.quantized.engine = previous
 
