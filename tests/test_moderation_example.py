@@ -84,6 +84,35 @@ def test_persona_sentences_are_safe_plain_sentences_of_the_role_play_prompts(pre
     assert len(prepare.persona_sentences(train, count=3, seed=0)) == 3
 
 
+def test_quote_wraps_condemn_as_safe_and_endorse_as_unsafe_the_same_hateful_posts(
+    prepare: ModuleType,
+) -> None:
+    train = made_up_train()
+    frames = {"condemn": ['Reported: "{quote}". Hateful.'], "endorse": ['Agree: "{quote}"']}
+    wrapped = prepare.quote_wraps(train, count=5, frames=frames, seed=0)
+    assert wrapped["source"].value_counts().to_dict() == {"stormfront+condemn": 5, "stormfront+endorse": 5}
+    condemned = wrapped[wrapped["source"] == "stormfront+condemn"]
+    endorsed = wrapped[wrapped["source"] == "stormfront+endorse"]
+    assert set(condemned["label"]) == {"safe"} and set(condemned["categories"]) == {""}
+    assert set(endorsed["label"]) == {"unsafe"} and set(endorsed["categories"]) == {"hate"}
+    assert all(t.startswith('Reported: "group insult ') for t in condemned["text"])
+    assert all(t.startswith('Agree: "group insult ') for t in endorsed["text"])
+    # Only hateful posts are quoted; other unsafe rows (illicit requests) never are.
+    assert not wrapped["text"].str.contains("pick lock").any()
+    assert prepare.quote_wraps(train, count=0, frames=frames, seed=0).empty
+
+
+def test_quote_frames_file_has_disjoint_train_and_val_pools(prepare: ModuleType, tmp_path: Path) -> None:
+    frames = prepare.load_quote_frames()
+    for stance in ("condemn", "endorse"):
+        assert frames[stance]["train"] and frames[stance]["val"]
+        assert not set(frames[stance]["train"]) & set(frames[stance]["val"])
+    broken = tmp_path / "frames.yaml"
+    broken.write_text("condemn:\n  train: ['no placeholder']\n  val: ['{quote}']\nendorse: {}\n")
+    with pytest.raises(SystemExit, match="frames.yaml: condemn.train: 'no placeholder' needs one"):
+        prepare.load_quote_frames(broken)
+
+
 def test_an_unknown_source_category_stops_the_script(prepare: ModuleType) -> None:
     assert prepare.map_category("harmbench", "cybercrime_intrusion") == "illicit"
     assert prepare.map_category("toxigen_seeds", "hate:asian") == "hate"

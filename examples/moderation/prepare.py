@@ -9,7 +9,8 @@ maps every source's harm categories onto guardtune's ``moderation`` categories (
 this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
 adds to the training split harmful and benign requests wrapped in role-play personas
 (``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
-(``--persona-sentences``; see persona_sentences), and shortens in-domain texts longer than
+(``--persona-sentences``; see persona_sentences) and hateful posts quoted to condemn them (safe)
+or to endorse them (unsafe) (``--quote-wraps``; see quote_wraps), and shortens in-domain texts longer than
 ``--max-chars`` to their two ends (see shorten):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
@@ -25,6 +26,7 @@ rows whose source gives no category that maps (those train the overall decision 
 from __future__ import annotations
 
 import argparse
+import random
 import re
 import subprocess
 import sys
@@ -32,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from sklearn.model_selection import train_test_split
 
 from guardtune.atomic import atomic_dir
@@ -132,6 +135,11 @@ HARMFUL_REQUESTS = [
 BENIGN_REQUESTS = ["nq_open_dev"]
 PERSONAS = "awesome_chatgpt_prompts"
 PERSONA_CHARS = 240  # a persona's opening, cut at a sentence end: it and the request fit 64 tokens
+# Counter-speech and endorsement frames around hateful posts (see quote_wraps).
+QUOTE_FRAMES = Path(__file__).with_name("quote_frames.yaml")
+QUOTE_CHARS = 160  # longest post quoted: it and its frame fit in one 64-token read
+# Corpora of hateful posts; others with a `hate` category hold requests ("what is the worst ...").
+HATE_POSTS = ["davidson2017", "hatexplain", "stormfront", "toxigen_seeds"]
 
 
 def map_category(source: str, category: str) -> str:
@@ -265,6 +273,54 @@ def persona_sentences(train: pd.DataFrame, count: int, seed: int) -> pd.DataFram
     )
 
 
+def load_quote_frames(path: Path = QUOTE_FRAMES) -> dict[str, dict[str, list[str]]]:
+    """``{stance: {pool: [frame, ...]}}`` for stances condemn / endorse and pools train / val."""
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for stance in ("condemn", "endorse"):
+        for pool in ("train", "val"):
+            frames = (spec.get(stance) or {}).get(pool) if isinstance(spec, dict) else None
+            if not frames or not all(isinstance(f, str) for f in frames):
+                raise SystemExit(f"error: {path}: key {stance}.{pool}: expected a list of frames")
+            for frame in frames:
+                if frame.count("{quote}") != 1:
+                    raise SystemExit(f"error: {path}: {stance}.{pool}: {frame!r} needs one {{quote}}")
+    return spec
+
+
+def quote_wraps(split: pd.DataFrame, count: int, frames: dict[str, list[str]], seed: int) -> pd.DataFrame:
+    """``count`` hateful posts of ``split`` quoted to condemn them (safe) and ``count`` to endorse them.
+
+    No source here teaches that quoting hate to reject it is safe (HateCheck's counter-speech
+    cases were flagged 75-90% of the time), and a guard that learns "a slur means unsafe" flags
+    every report and rebuttal of one. The same posts stay in the split as they are (unsafe); the
+    endorsing frames keep "inside quotes means safe" from being a shortcut. Rows keep the post's
+    source with ``+condemn`` / ``+endorse``; endorsed posts keep their categories.
+    """
+    hateful = split[
+        (split["label"] == "unsafe")
+        & split["source"].isin(HATE_POSTS)
+        & split["categories"].str.contains(r"\bhate\b")
+        & (split["text"].str.len() <= QUOTE_CHARS)
+        & ~split["text"].str.contains("\n")
+    ]
+    if count <= 0 or hateful.empty:
+        return split.iloc[:0]
+    wrapped = []
+    for offset, (stance, label) in enumerate((("condemn", "safe"), ("endorse", "unsafe"))):
+        picked = hateful.sample(n=min(count, len(hateful)), random_state=seed + offset).copy()
+        rng = random.Random(seed + offset)
+        picked["text"] = [
+            rng.choice(frames[stance]).replace("{quote}", post.replace('"', "'").strip())
+            for post in picked["text"]
+        ]
+        picked["label"] = label
+        if label == "safe":
+            picked["categories"] = ""
+        picked["source"] = picked["source"] + "+" + stance
+        wrapped.append(picked)
+    return pd.concat(wrapped)
+
+
 def shorten(text: str, max_chars: int) -> str:
     """``text`` unchanged when it has at most ``max_chars`` characters, else its two ends joined.
 
@@ -326,6 +382,13 @@ def main() -> None:
         default=600,
         help="single sentences of the training role-play prompts added as safe rows (0: none)",
     )
+    parser.add_argument(
+        "--quote-wraps",
+        type=int,
+        default=0,
+        help="hateful training posts quoted to condemn them (safe) and as many to endorse them "
+        "(unsafe); validation gets an eighth, from frames training never uses (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "build.py").is_file():
@@ -352,6 +415,12 @@ def main() -> None:
     )
     augmented = [wrap_requests(train, args.persona_wraps, args.seed)]
     augmented.append(persona_sentences(train, args.persona_sentences, args.seed))
+    if args.quote_wraps > 0:
+        frames = load_quote_frames()
+        train_frames = {stance: pools["train"] for stance, pools in frames.items()}
+        val_frames = {stance: pools["val"] for stance, pools in frames.items()}
+        augmented.append(quote_wraps(train, args.quote_wraps, train_frames, args.seed))
+        val = pd.concat([val, quote_wraps(val, max(1, args.quote_wraps // 8), val_frames, args.seed)])
     train = pd.concat([train, *augmented])
     # Held-out sources stay whole, as in every earlier run, so their figures compare.
     train, val, test = (
