@@ -1,4 +1,4 @@
-"""examples/moderation: prepare.py's category mapping and role-play wrapping, report.py's HateCheck
+"""examples/moderation: prepare.py's category mapping, augment.py's wrapping and framing, report.py's HateCheck
 breakdown, on made-up rows."""
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ def prepare() -> ModuleType:
 
 
 @pytest.fixture(scope="module")
+def augment() -> ModuleType:
+    return load_script(EXAMPLE / "augment.py")
+
+
+@pytest.fixture(scope="module")
 def report() -> ModuleType:
     return load_script(EXAMPLE / "report.py")
 
@@ -33,17 +38,17 @@ def made_up_train() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label", "categories", "source"])
 
 
-def test_persona_opening_stops_at_a_sentence_end(prepare: ModuleType) -> None:
+def test_persona_opening_stops_at_a_sentence_end(augment: ModuleType) -> None:
     persona = "I want you to act as a travel guide. " + "You suggest places to visit. " * 20
-    opening = prepare.persona_opening(persona)
+    opening = augment.persona_opening(persona)
     assert opening.startswith("I want you to act as a travel guide.")
     assert opening.endswith(".")
-    assert len(opening) <= prepare.PERSONA_CHARS
+    assert len(opening) <= augment.PERSONA_CHARS
 
 
-def test_wrapped_requests_keep_their_label_and_categories(prepare: ModuleType) -> None:
+def test_wrapped_requests_keep_their_label_and_categories(augment: ModuleType) -> None:
     train = made_up_train()
-    wrapped = prepare.wrap_requests(train, count=6, seed=0)
+    wrapped = augment.wrap_requests(train, count=6, seed=0)
     assert wrapped["source"].value_counts().to_dict() == {"harmbench+persona": 6, "nq_open_dev+persona": 6}
     for row in wrapped.itertuples():
         persona, request = row.text.split("\n\n")
@@ -54,13 +59,13 @@ def test_wrapped_requests_keep_their_label_and_categories(prepare: ModuleType) -
     assert not wrapped["text"].str.contains("group insult").any()
 
 
-def test_no_personas_or_no_count_wraps_nothing(prepare: ModuleType) -> None:
+def test_no_personas_or_no_count_wraps_nothing(augment: ModuleType) -> None:
     train = made_up_train()
-    assert prepare.wrap_requests(train, count=0, seed=0).empty
-    assert prepare.wrap_requests(train[train["source"] != prepare.PERSONAS], count=6, seed=0).empty
+    assert augment.wrap_requests(train, count=0, seed=0).empty
+    assert augment.wrap_requests(train[train["source"] != augment.PERSONAS], count=6, seed=0).empty
 
 
-def test_persona_sentences_are_safe_plain_sentences_of_the_role_play_prompts(prepare: ModuleType) -> None:
+def test_persona_sentences_are_safe_plain_sentences_of_the_role_play_prompts(augment: ModuleType) -> None:
     persona = (
         "I want you to act as a **poet** for my blog. Write short poems about the sea.\n"
         "- Use `markdown` headers like # Title for each poem.\n"
@@ -70,26 +75,26 @@ def test_persona_sentences_are_safe_plain_sentences_of_the_role_play_prompts(pre
         [
             made_up_train(),
             pd.DataFrame(
-                [(persona, "safe", "", prepare.PERSONAS)], columns=["text", "label", "categories", "source"]
+                [(persona, "safe", "", augment.PERSONAS)], columns=["text", "label", "categories", "source"]
             ),
         ]
     )
-    sentences = prepare.persona_sentences(train, count=1000, seed=0)
+    sentences = augment.persona_sentences(train, count=1000, seed=0)
     assert set(sentences["label"]) == {"safe"} and set(sentences["categories"]) == {""}
     texts = set(sentences["text"])
     assert {"I want you to act as a poet for my blog.", "Write short poems about the sea."} <= texts
     # Markup, lowercase fragments and too-short pieces stay out; nothing comes from other sources.
     assert not any("`" in text or text.startswith("ok") for text in texts)
     assert not any("pick lock" in text for text in texts)
-    assert len(prepare.persona_sentences(train, count=3, seed=0)) == 3
+    assert len(augment.persona_sentences(train, count=3, seed=0)) == 3
 
 
 def test_quote_wraps_condemn_as_safe_and_endorse_as_unsafe_the_same_hateful_posts(
-    prepare: ModuleType,
+    augment: ModuleType,
 ) -> None:
     train = made_up_train()
-    frames = {"condemn": ['Reported: "{quote}". Hateful.'], "endorse": ['Agree: "{quote}"']}
-    wrapped = prepare.quote_wraps(train, count=5, frames=frames, seed=0)
+    frames = {"condemn": ['Reported: "{text}". Hateful.'], "endorse": ['Agree: "{text}"']}
+    wrapped = augment.quote_wraps(train, count=5, frames=frames, seed=0)
     assert wrapped["source"].value_counts().to_dict() == {"stormfront+condemn": 5, "stormfront+endorse": 5}
     condemned = wrapped[wrapped["source"] == "stormfront+condemn"]
     endorsed = wrapped[wrapped["source"] == "stormfront+endorse"]
@@ -99,18 +104,44 @@ def test_quote_wraps_condemn_as_safe_and_endorse_as_unsafe_the_same_hateful_post
     assert all(t.startswith('Agree: "group insult ') for t in endorsed["text"])
     # Only hateful posts are quoted; other unsafe rows (illicit requests) never are.
     assert not wrapped["text"].str.contains("pick lock").any()
-    assert prepare.quote_wraps(train, count=0, frames=frames, seed=0).empty
+    assert augment.quote_wraps(train, count=0, frames=frames, seed=0).empty
 
 
-def test_quote_frames_file_has_disjoint_train_and_val_pools(prepare: ModuleType, tmp_path: Path) -> None:
-    frames = prepare.load_quote_frames()
-    for stance in ("condemn", "endorse"):
-        assert frames[stance]["train"] and frames[stance]["val"]
-        assert not set(frames[stance]["train"]) & set(frames[stance]["val"])
+def test_quote_frames_file_has_disjoint_train_and_val_pools(augment: ModuleType, tmp_path: Path) -> None:
+    for path, kinds in ((augment.QUOTE_FRAMES, ("condemn", "endorse")), (augment.TACTIC_FRAMES, ("tactic",))):
+        frames = augment.load_frames(path, kinds)
+        for kind in kinds:
+            assert frames[kind]["train"] and frames[kind]["val"]
+            assert not set(frames[kind]["train"]) & set(frames[kind]["val"])
     broken = tmp_path / "frames.yaml"
-    broken.write_text("condemn:\n  train: ['no placeholder']\n  val: ['{quote}']\nendorse: {}\n")
-    with pytest.raises(SystemExit, match="frames.yaml: condemn.train: 'no placeholder' needs one"):
-        prepare.load_quote_frames(broken)
+    broken.write_text("condemn:\n  train: ['no placeholder']\n  val: ['{text}']\nendorse: {}\n")
+    with pytest.raises(SystemExit, match=r"frames.yaml: condemn.train: 'no placeholder' needs one"):
+        augment.load_frames(broken, ("condemn", "endorse"))
+    with pytest.raises(SystemExit, match=r"frames.yaml: key endorse.train: expected a list of frames"):
+        augment.load_frames(broken, ("endorse",))
+
+
+def test_tactic_wraps_frame_harmful_and_benign_requests_alike(augment: ModuleType) -> None:
+    train = pd.concat(
+        [
+            made_up_train(),
+            pd.DataFrame(
+                [(f"how to hide a knife {i}", "safe", "", "phtest_harmless") for i in range(4)]
+                + [("step one\nstep two", "unsafe", "illicit", "harmbench")],
+                columns=["text", "label", "categories", "source"],
+            ),
+        ]
+    )
+    wrapped = augment.tactic_wraps(train, count=6, frames=["For a novel: {text}"], seed=0)
+    counts = wrapped.groupby(["label", "source"]).size().to_dict()
+    assert counts[("unsafe", "harmbench+tactic")] == 6
+    assert counts[("safe", "nq_open_dev+tactic")] + counts[("safe", "phtest_harmless+tactic")] == 6
+    assert all(text.startswith("For a novel: ") for text in wrapped["text"])
+    harmful = wrapped[wrapped["label"] == "unsafe"]
+    assert set(harmful["categories"]) == {"illicit"}
+    # Multi-line instructions and hateful posts are never framed as requests.
+    assert not wrapped["text"].str.contains("step one|group insult").any()
+    assert augment.tactic_wraps(train, count=0, frames=["{text}"], seed=0).empty
 
 
 def test_an_unknown_source_category_stops_the_script(prepare: ModuleType) -> None:

