@@ -16,6 +16,7 @@ interpreter.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -81,6 +82,7 @@ def main() -> None:
         "version": llama_cpp.__version__,
         "load_seconds": load_seconds,
         "score_seconds": latencies,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
     }
     with open(sys.argv[2], "w", encoding="utf-8") as out:
