@@ -166,6 +166,35 @@ def assert_tokenizes_like_guardtune(result: dict[str, Any], guard: Guard, engine
     assert not differing, f"message {differing[0]}: {guard.messages[differing[0]]!r}"
 
 
+def test_llama_cpp_tokenizes_the_rendered_prompts_as_guardtune(messages: list[str]) -> None:
+    """Seconds, no training: the embedded base's own GGUF vocabulary, the rendered prompts."""
+    need("llama")
+    from transformers import AutoTokenizer
+
+    from guardtune.backbone import EMBEDDED_BASES, _embedded_gguf, resolve_base_dir
+    from guardtune.methods.prompting import PromptEncoder
+    from guardtune.task import load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_dir("gemma-3-270m")))
+    prompt = PromptEncoder.for_task(load_task(TASK), tokenizer, 256)
+    ids = prompt.encode(messages)
+    bos = tokenizer.bos_token
+    assert prompt.text_before.startswith(bos)  # llama.cpp adds BOS itself
+    rendered = [prompt.text_before[len(bos) :] + m + prompt.text_after for m in messages]
+    gguf = _embedded_gguf(EMBEDDED_BASES["gemma-3-270m"])
+    result = engines.run_driver("llama", {"model": str(gguf), "vocab_only": True, "prompts": rendered})
+    apart = [
+        prompt.prefix + tokenizer(m, add_special_tokens=False)["input_ids"] + prompt.suffix for m in messages
+    ]
+    split = sum(a != b for a, b in zip(apart, ids, strict=True))
+    print(f"the message tokenized apart from the template: {split} of {len(ids)} prompts differ")
+    own = [row["token_ids"] for row in result["rows"]]
+    differing = [i for i, (a, b) in enumerate(zip(own, ids, strict=True)) if a != b]
+    equal = len(ids) - len(differing)
+    print(f"llama.cpp tokenizer of the base GGUF: {equal} of {len(ids)} prompts are guardtune's ids")
+    assert not differing, f"message {differing[0]}: {messages[differing[0]]!r}"
+
+
 def test_llama_cpp_scores_the_label_tokens_gguf_like_guardtune(guard, messages: list[str]) -> None:
     need("llama")
     lt = guard("label-tokens")
