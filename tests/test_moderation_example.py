@@ -1,5 +1,5 @@
-"""examples/moderation: prepare.py's category mapping, augment.py's wrapping and framing, report.py's HateCheck
-breakdown, on made-up rows."""
+"""examples/moderation: prepare.py's category mapping, augment.py's wrapping and framing,
+report.py's HateCheck breakdown, on made-up rows."""
 
 from __future__ import annotations
 
