@@ -299,7 +299,7 @@ def run_seqcls(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dic
 def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> dict[str, Any]:
     """(c) guardtune: Classifier.predict_proba (length-bucketed batches, prefix reuse, no LM head)."""
     from guardtune.classifier import Classifier
-    from guardtune.infer import _fits_window
+    from guardtune.infer import reused_prefix
     from guardtune.precision import FLOAT_ENV
 
     dtype, _, keep_float = spec["dtype"].partition(":")
@@ -327,7 +327,7 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         classifier.predict_proba(text, calibrated=False)
         latencies.append(time.perf_counter() - began)
     encoded = method.encode(texts)
-    reused = len(method.shared_prefix) if method.shared_prefix and _fits_window(method, encoded) else 0
+    reused = reused_prefix(method, encoded)
     tokens = sum(len(ids) - reused for ids in encoded)
     names = classifier.labels
     predicted = [names[i] for i in scores.argmax(axis=1)]

@@ -118,3 +118,35 @@ def test_bench_train_writes_json_and_markdown(
         assert is_number(row["ratio_to_trl"]) and len(row["ratios"]) == 2
     assert "gradient checkpointing on" in rows[2]["variant"] and "off" in rows[3]["variant"]
     assert "| trainer |" in out_md.read_text()
+
+
+def test_bench_quantize_writes_json_and_markdown(
+    tiny_base_wide_window: str, tmp_path: Path, one_thread: None
+) -> None:
+    pytest.importorskip("bitsandbytes", reason="--quantize needs bitsandbytes (the dev extra has it)")
+    bench = load_benchmark("bench_quantize")
+    out_json, out_md = tmp_path / "quantize.json", tmp_path / "quantize.md"
+    bench.main(
+        [
+            "--base", tiny_base_wide_window, "--modes", "none", "4bit", "--steps", "1",
+            "--check-n", "8", "--threads", "1", "--no-isolate", "--work", str(tmp_path / "work"),
+            "--json", str(out_json), "--markdown", str(out_md),
+        ]
+    )  # fmt: skip
+    result = json.loads(out_json.read_text())
+    assert set(result) == {"config", "machine", "rows", "summary"}
+    rows = result["rows"]
+    assert [(r["mode"], r["seed"], r["steps"], r["check_n"]) for r in rows] == [
+        ("none", 0, 1, 8),
+        ("4bit", 0, 1, 8),
+    ]
+    for row in rows:
+        assert set(row) == set(bench.RESULT_KEYS)
+        for key in ("train_seconds", "examples_per_s", "messages_per_s", "train_peak_rss_mb"):
+            assert is_number(row[key]) and row[key] > 0, key
+        assert 0.0 <= row["check_macro_f1"] <= 1.0
+    assert rows[0]["delta_macro_f1"] == 0.0
+    assert rows[1]["delta_macro_f1"] == pytest.approx(rows[1]["check_macro_f1"] - rows[0]["check_macro_f1"])
+    manifest = json.loads((tmp_path / "work" / "seed0" / "4bit" / "guardtune.json").read_text())
+    assert manifest["training"]["quantize"] == "4bit" and manifest["method"] == "head"
+    assert out_md.read_text().count("\n| 4bit | 0 |") == 1

@@ -3,14 +3,17 @@
 Each engine lives in its own virtual environment under ``.engines/`` (``make engines``); its
 code runs there as a driver script (scripts/engine_drivers/) that reads messages and writes
 token ids, scores and answers as JSON, compared here with guardtune's own predictions. The guards
-are the embedded Gemma 3 270M with a seeded random adapter of each method (as tests/test_export.py
-builds them: every adapted weight moves, no training minutes on a shared 2-core machine). Run
-with ``make test-engines`` (``pytest -m engines``); the default run leaves these tests out, and
+are the embedded Gemma 3 270M briefly trained on synthetic ``pii-intent`` rows, one per method
+(``GUARDTUNE_ENGINE_TRAIN_STEPS`` steps; kept in ``GUARDTUNE_ENGINE_GUARDS`` when it is set, so
+the next run and ``benchmarks/bench_engines.py`` reuse them). Each engine tokenizes the rendered
+prompt itself, as it would for a user, and its ids must be guardtune's. Run with
+``make test-engines`` (``pytest -m engines``); the default run leaves these tests out, and
 without the engines they skip, naming what is missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 engines = load_script(ROOT / "scripts" / "engine_drivers" / "run.py")
 
 # How many messages each engine scores; GUARDTUNE_ENGINE_MESSAGES lowers it on a busy machine.
-# 40 by default: on the shared 2-core machine one message took llama.cpp seconds under load.
-N_MESSAGES = int(os.environ.get("GUARDTUNE_ENGINE_MESSAGES", "40"))
-SEED = 7
+N_MESSAGES = int(os.environ.get("GUARDTUNE_ENGINE_MESSAGES", "200"))
+# Optimizer steps of each guard's training (batch 8): enough to move it off the base's answers.
+TRAIN_STEPS = int(os.environ.get("GUARDTUNE_ENGINE_TRAIN_STEPS", "24"))
 TASK = "pii-intent"
 
 
@@ -56,20 +59,35 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("engines")
 
 
+def trained_guard(method: str, workdir: Path) -> Path:
+    """A guard of ``method`` trained on synthetic rows (or the one a previous run kept)."""
+    from guardtune.api import train
+    from guardtune.data.synth import generate
+    from guardtune.train import TrainSettings
+
+    keep = os.environ.get("GUARDTUNE_ENGINE_GUARDS")
+    out = (Path(keep) if keep else workdir) / f"{method}-{TRAIN_STEPS}steps"
+    if (out / "guardtune.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = workdir / "train.csv"
+    if not data.exists():
+        generate(TASK, 8 * TRAIN_STEPS, seed=3).to_csv(data, index=False)
+        generate(TASK, 24, seed=4).to_csv(workdir / "val.csv", index=False)
+    settings = TrainSettings(
+        max_steps=TRAIN_STEPS, batch_size=8, max_length=128, dtype="fp32", device="cpu", save_steps=10_000
+    )
+    train(TASK, data, out, val_path=workdir / "val.csv", method=method, settings=settings, overwrite=True)
+    return out
+
+
 class Guard:
     """A briefly trained guard of one method, guardtune's predictions and its exports."""
 
     def __init__(self, method: str, workdir: Path, messages: list[str]) -> None:
-        from test_export import make_model_dir
-
         from guardtune.api import Classifier
-        from guardtune.task import load_task
 
-        # Seeded random LoRA B matrices and head (zero / untrained after creation): every adapted
-        # weight moves, so an engine that dropped or mis-merged the adapter shows in the scores.
-        self.directory = make_model_dir(
-            "gemma-3-270m", method, load_task(TASK), workdir / f"{method}-model", seed=SEED, max_length=256
-        )
+        self.directory = trained_guard(method, workdir)
         self.classifier = Classifier.load(self.directory, dtype="fp32")
         self.method = self.classifier.method
         self.scores = self.classifier.predict_proba(messages, calibrated=False)
@@ -129,35 +147,59 @@ def llama_request(guard: Guard, messages: list[str], label_ids: list[int], answe
         "label_token_ids": label_ids,
         "answers": answers,
         "generate": bool(answers),
-        "prompt_token_ids": guard.token_ids,
         # One thread: on a machine whose cores are busy, llama.cpp's threads wait on each other.
         "threads": 1,
     }
 
 
-def assert_tokenizes_the_rendered_prompt(result: dict[str, Any], guard: Guard, engine: str) -> None:
-    """The engine's ids for the export's chat template are transformers' ids for the same text.
+def assert_tokenizes_like_guardtune(result: dict[str, Any], guard: Guard, engine: str) -> None:
+    """The engine's ids for the export's chat template are guardtune's, prompt for prompt.
 
-    They are not always guardtune's: guardtune tokenizes the message apart from the template's
-    text after it, so a message ending in punctuation keeps ``?`` and the template's closing ``"``
-    as two tokens where a tokenizer of the whole rendered prompt merges them (``?"``). The scores
-    are compared on guardtune's ids; the count of equal prompts is printed.
+    The engine renders the template around each message and tokenizes the whole string; guardtune
+    does the same (a message's last ``?`` and the template's closing quote are one token, ``?"``,
+    in Gemma's vocabulary), so the engine scores what guardtune scores.
     """
-    prompt = guard.method.prompt
-    tokenizer = guard.method.backbone.tokenizer
-    rendered = [prompt.text_before + m + prompt.text_after for m in guard.messages]
-    whole = [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
     own = [row["token_ids"] for row in result["rows"]]
-    assert own == whole
-    same = sum(a == b for a, b in zip(own, guard.token_ids, strict=True))
-    print(f"{engine}: the rendered chat template gives guardtune's ids for {same} of {len(own)} prompts")
+    differing = [i for i, (a, b) in enumerate(zip(own, guard.token_ids, strict=True)) if a != b]
+    equal = len(own) - len(differing)
+    print(f"{engine}: its ids of the rendered prompt equal guardtune's on {equal} of {len(own)} prompts")
+    assert not differing, f"message {differing[0]}: {guard.messages[differing[0]]!r}"
+
+
+def test_llama_cpp_tokenizes_the_rendered_prompts_as_guardtune(messages: list[str]) -> None:
+    """Seconds, no training: the embedded base's own GGUF vocabulary, the rendered prompts."""
+    need("llama")
+    from transformers import AutoTokenizer
+
+    from guardtune.backbone import EMBEDDED_BASES, _embedded_gguf, resolve_base_dir
+    from guardtune.methods.prompting import PromptEncoder
+    from guardtune.task import load_task
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base_dir("gemma-3-270m")))
+    prompt = PromptEncoder.for_task(load_task(TASK), tokenizer, 256)
+    ids = prompt.encode(messages)
+    bos = tokenizer.bos_token
+    assert prompt.text_before.startswith(bos)  # llama.cpp adds BOS itself
+    rendered = [prompt.text_before[len(bos) :] + m + prompt.text_after for m in messages]
+    gguf = _embedded_gguf(EMBEDDED_BASES["gemma-3-270m"])
+    result = engines.run_driver("llama", {"model": str(gguf), "vocab_only": True, "prompts": rendered})
+    apart = [
+        prompt.prefix + tokenizer(m, add_special_tokens=False)["input_ids"] + prompt.suffix for m in messages
+    ]
+    split = sum(a != b for a, b in zip(apart, ids, strict=True))
+    print(f"the message tokenized apart from the template: {split} of {len(ids)} prompts differ")
+    own = [row["token_ids"] for row in result["rows"]]
+    differing = [i for i, (a, b) in enumerate(zip(own, ids, strict=True)) if a != b]
+    equal = len(ids) - len(differing)
+    print(f"llama.cpp tokenizer of the base GGUF: {equal} of {len(ids)} prompts are guardtune's ids")
+    assert not differing, f"message {differing[0]}: {messages[differing[0]]!r}"
 
 
 def test_llama_cpp_scores_the_label_tokens_gguf_like_guardtune(guard, messages: list[str]) -> None:
     need("llama")
     lt = guard("label-tokens")
     result = engines.run_driver("llama", llama_request(lt, messages, list(lt.method.label_ids), []))
-    assert_tokenizes_the_rendered_prompt(result, lt, "llama.cpp")
+    assert_tokenizes_like_guardtune(result, lt, "llama.cpp")
     # f16 tensors in the file against guardtune's fp32: a few thousandths apart.
     assert_agrees(result, lt, tolerance=0.05)
 
@@ -169,7 +211,7 @@ def test_llama_cpp_answers_the_generate_gguf_like_guardtune(guard, messages: lis
     answers = [prefix + name for name in gen.classifier.labels]
     firsts = [answer.tokens[0] for answer in gen.method.answers]
     result = engines.run_driver("llama", llama_request(gen, messages, firsts, answers))
-    assert_tokenizes_the_rendered_prompt(result, gen, "llama.cpp")
+    assert_tokenizes_like_guardtune(result, gen, "llama.cpp")
     assert_agrees(result, gen, tolerance=0.05)
     # A grammar of the task's answers keeps llama.cpp to them. It constrains text, not tokens: it
     # may spell an answer in sub-word tokens (" as" + "king") that guardtune's token trie never
@@ -178,7 +220,7 @@ def test_llama_cpp_answers_the_generate_gguf_like_guardtune(guard, messages: lis
     assert set(constrained) <= set(gen.classifier.labels)
     same = sum(a == b for a, b in zip(constrained, gen.method.generate_answers(messages), strict=True))
     print(f"llama.cpp grammar answer == guardtune's constrained answer on {same} of {len(messages)}")
-    # Free greedy decoding: the answer or its start; how often depends on training (none here).
+    # Free greedy decoding: the answer or its start; how often depends on training (brief here).
     greedy = [row["greedy"].strip() for row in result["rows"]]
     agreement = np.mean([g.startswith(label) for g, label in zip(greedy, gen.labels, strict=True)])
     print(f"llama.cpp free greedy answer == guardtune label on {agreement:.1%} of {len(messages)}")
@@ -194,11 +236,10 @@ def test_vllm_classifies_the_merged_label_tokens_export_like_guardtune(guard, me
         "model": str(lt.export("merged")),
         "messages": messages,
         "convert": "classify",
-        "prompt_token_ids": lt.token_ids,
     }
     result = engines.run_driver("vllm", request)
     assert "error" not in result, result.get("traceback")
-    assert_tokenizes_the_rendered_prompt(result, lt, "vLLM")
+    assert_tokenizes_like_guardtune(result, lt, "vLLM")
     assert_agrees(result, lt, tolerance=0.02)
 
 
@@ -226,3 +267,57 @@ def test_vllm_on_the_merged_head_export(guard, messages: list[str]) -> None:
     )
     assert "error" not in overridden, overridden.get("traceback")
     assert_agrees(overridden, head, tolerance=0.02)
+
+
+def test_vllm_runs_two_guards_as_lora_adapters_on_one_base(guard, messages: list[str]) -> None:
+    need("vllm")
+    from guardtune.backbone import resolve_base_dir
+
+    gen, lt = guard("generate"), guard("label-tokens")
+    guards = []
+    for each, firsts in ((gen, [a.tokens[0] for a in gen.method.answers]), (lt, list(lt.method.label_ids))):
+        prompt = each.method.prompt
+        guards.append(
+            {
+                "name": each.name,
+                # guardtune's model directory as it is: a PEFT adapter directory.
+                "adapter": str(each.directory),
+                # The rendered prompt as text, tokenized by vLLM's tokenizer of the base.
+                "prompts": [prompt.text_before + m + prompt.text_after for m in messages],
+                "label_token_ids": firsts,
+            }
+        )
+    rank = max(json.loads((g.directory / "adapter_config.json").read_text())["r"] for g in (gen, lt))
+    request = {"base": str(resolve_base_dir("gemma-3-270m")), "guards": guards, "max_lora_rank": rank}
+    result = engines.run_driver("vllm", request, driver="vllm_lora")
+    assert "error" not in result, result.get("traceback")
+    print(f"vLLM {result['version']}: {len(guards)} LoRA guards on one base, one engine")
+    for each, served in zip((gen, lt), result["guards"], strict=True):
+        assert served["name"] == each.name
+        assert_tokenizes_like_guardtune(served, each, f"vLLM LoRA {each.name}")
+        # The greedy token among the label tokens is guardtune's label; its scores are the
+        # softmax over the label tokens' logits, as guardtune's.
+        assert_agrees(served, each, tolerance=0.02)
+        firsts = request["guards"][[g["name"] for g in guards].index(each.name)]["label_token_ids"]
+        chosen = [each.classifier.labels[firsts.index(row["token"])] for row in served["rows"]]
+        assert chosen == each.labels
+        greedy = [row["greedy"].strip() for row in served["rows"]]
+        same = np.mean([g.startswith(label) for g, label in zip(greedy, each.labels, strict=True)])
+        print(f"vLLM LoRA {each.name}: free greedy answer starts with guardtune's label on {same:.1%}")
+
+
+def test_vllm_serve_classifies_the_merged_label_tokens_export_over_http(guard, messages: list[str]) -> None:
+    need("vllm")
+    lt = guard("label-tokens")
+    request = {
+        "model": str(lt.export("merged")),
+        "messages": messages,
+        "args": ["--runner", "pooling", "--convert", "classify"],
+    }
+    result = engines.run_driver("vllm", request, driver="vllm_serve")
+    assert "error" not in result, f"{result['error']}\n{result['log_tail']}"
+    print(f"vllm serve {' '.join(result['command'][1:2])}: up in {result['start_seconds']:.0f} s")
+    # The server counts the prompt tokens it classified: guardtune's, prompt for prompt.
+    assert [row["prompt_tokens"] for row in result["rows"]] == [len(ids) for ids in lt.token_ids]
+    assert_agrees(result, lt, tolerance=0.02)
+    assert result["exit_code"] is not None  # the server was shut down

@@ -8,6 +8,7 @@ import pytest
 from conftest import load_script
 
 from guardtune.data.synth import list_families, template_frame, template_pools
+from guardtune.data.synth.families import phrasing_key
 from guardtune.errors import GuardtuneError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pii"
@@ -26,6 +27,30 @@ def test_template_cv_validates_on_train_templates_only(tmp_path: Path, task: str
     assert dev_all <= built_in_train and not dev_all & built_in_check and not train_all & built_in_check
     assert not {template_frame(t) for t in dev_all} & {template_frame(t) for t in train_all}
     assert [f.name for f in list_families(task, root)] == [f.name for f in list_families(task)]
+
+
+def test_contrast_pairs_join_the_training_pools_only(tmp_path: Path) -> None:
+    cv = load_script(EXAMPLES / "template_cv.py")
+    extra = EXAMPLES / "contrast-pairs"
+    plain = cv.split_templates("pii-intent", tmp_path / "plain", dev_share=0.25, seed=3)
+    paired = cv.split_templates("pii-intent", tmp_path / "paired", dev_share=0.25, seed=3, extra_root=extra)
+    candidates = {
+        t for spec in cv._extra_templates("pii-intent", extra).values() for p in spec.values() for t in p
+    }
+    # The loader accepts them (placeholders, the task's label rules) and they only add training rows:
+    # the validation templates are the same with and without them.
+    train = {t for pool in template_pools("pii-intent", "train", templates=paired).values() for t in pool}
+    assert candidates and candidates <= train
+    assert template_pools("pii-intent", "check", templates=paired) == template_pools(
+        "pii-intent", "check", templates=plain
+    )
+    built_in = {
+        phrasing_key(t)
+        for split in ("train", "check")
+        for pool in template_pools("pii-intent", split).values()
+        for t in pool
+    }
+    assert not {phrasing_key(t) for t in candidates} & built_in
 
 
 def test_template_cv_setting_parser() -> None:

@@ -2,6 +2,8 @@
 
 Usage: python llama_driver.py REQUEST.json RESULT.json
 
+With ``vocab_only`` the driver only tokenizes the request's ``prompts`` (see ``tokenize_only``).
+
 The request names the GGUF file, the messages, the label tokens (``label_token_ids``) and the
 answers a ``generate`` guard may give (``answers``). For every message the driver renders the
 file's own chat template around it (as llama.cpp's chat endpoints do), tokenizes it with
@@ -16,6 +18,7 @@ interpreter.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -32,9 +35,24 @@ def grammar_for(answers: list[str]) -> LlamaGrammar:
     return LlamaGrammar.from_string(f"root ::= {alternatives}", verbose=False)
 
 
+def tokenize_only(request: dict) -> None:
+    """llama.cpp's ids of ``prompts`` (rendered prompts without BOS, which it adds), vocabulary
+    only: no weights are loaded."""
+    llm = Llama(model_path=request["model"], vocab_only=True, verbose=False)
+    rows = [
+        {"token_ids": llm.tokenize(p.encode("utf-8"), add_bos=True, special=True)} for p in request["prompts"]
+    ]
+    result = {"engine": "llama-cpp-python", "version": llama_cpp.__version__, "rows": rows}
+    with open(sys.argv[2], "w", encoding="utf-8") as out:
+        json.dump(result, out)
+
+
 def main() -> None:
     with open(sys.argv[1], encoding="utf-8") as file:
         request = json.load(file)
+    if request.get("vocab_only"):
+        tokenize_only(request)
+        return
     started = time.perf_counter()
     llm = Llama(
         model_path=request["model"],
@@ -81,6 +99,7 @@ def main() -> None:
         "version": llama_cpp.__version__,
         "load_seconds": load_seconds,
         "score_seconds": latencies,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rows": rows,
     }
     with open(sys.argv[2], "w", encoding="utf-8") as out:

@@ -36,8 +36,9 @@ def missing_engine(name: str) -> str | None:
     return None
 
 
-def run_driver(name: str, request: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """Run ``NAME_driver.py`` on ``request`` in the engine's interpreter; its result as a dict.
+def run_driver(name: str, request: dict[str, Any], timeout: float = 1800, driver: str = "") -> dict[str, Any]:
+    """Run ``DRIVER_driver.py`` (default: ``NAME_driver.py``) on ``request`` in the interpreter of
+    the engine ``name``; its result as a dict.
 
     Raises:
         RuntimeError: the driver exited non-zero (the message ends with its stderr).
@@ -45,16 +46,16 @@ def run_driver(name: str, request: dict[str, Any], timeout: float = 1800) -> dic
     with tempfile.TemporaryDirectory(prefix=f"guardtune-{name}-") as tmp:
         request_path, result_path = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request_path.write_text(json.dumps(request), encoding="utf-8")
-        driver = DRIVERS / f"{name}_driver.py"
+        script = DRIVERS / f"{driver or name}_driver.py"
         done = subprocess.run(
-            [str(engine_python(name)), str(driver), str(request_path), str(result_path)],
+            [str(engine_python(name)), str(script), str(request_path), str(result_path)],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
         )
         if done.returncode != 0 or not result_path.exists():
-            raise RuntimeError(f"{driver.name} exited {done.returncode}:\n{done.stderr[-6000:]}")
+            raise RuntimeError(f"{script.name} exited {done.returncode}:\n{done.stderr[-6000:]}")
         result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
         result["stderr"] = done.stderr[-6000:]
         return result

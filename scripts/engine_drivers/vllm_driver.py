@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -94,6 +95,7 @@ def main() -> None:
             "load_seconds": load_seconds,
             "batch_seconds": batch_seconds,
             "single_seconds": single,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rows": [
                 {"token_ids": row, "scores": list(output.outputs.probs)}
                 for row, output in zip(ids, outputs, strict=True)

@@ -21,6 +21,14 @@ from rich.console import Console
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from guardtune.atomic import atomic_dir
+from guardtune.device_map import (
+    DeviceMap,
+    check_options,
+    check_placement,
+    map_device_type,
+    parse_device_map,
+    parse_max_memory,
+)
 from guardtune.errors import GuardtuneError
 from guardtune.precision import resolve_int8
 from guardtune.quantize import quantization_config
@@ -69,6 +77,8 @@ class Backbone:
     # ``--dtype int8``: the decoder's projections are to run as int8 once every adapter is on
     # (see :func:`guardtune.precision.quantize_projections`); the rest stays in ``dtype``.
     int8: bool = False
+    # ``--device-map`` as given (a strategy or module -> device); transformers placed the base by it.
+    device_map: DeviceMap | None = None
 
     @property
     def precision(self) -> str:
@@ -78,12 +88,19 @@ class Backbone:
         return "bf16" if self.dtype == torch.bfloat16 else "fp32"
 
     @property
+    def devices(self) -> list[str]:
+        """Every device holding part of the base (one without ``--device-map``)."""
+        return sorted({str(p.device) for p in self.model.parameters()})
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.config.get_text_config().hidden_size)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where input ids go: the input embedding's device (the only one without --device-map)."""
+        embedding: Any = self.model.get_input_embeddings()
+        return torch.device(embedding.weight.device)
 
 
 def cache_root() -> Path:
@@ -329,6 +346,8 @@ def load_backbone(
     dtype: DtypeName | str = "auto",
     device: str = "auto",
     quantize: str | None = None,
+    device_map: DeviceMap | None = None,
+    max_memory: str | dict[Any, str] | None = None,
 ) -> Backbone:
     """Load a base causal LM and its tokenizer, frozen and in evaluation mode, on ``device``.
 
@@ -339,18 +358,29 @@ def load_backbone(
             adapters are on (where the CPU cannot, a one-line warning and ``auto``).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         quantize: ``4bit`` or ``8bit`` to hold the base's linear layers in bitsandbytes layers.
+        device_map: spread the base over devices at inference (see :mod:`guardtune.device_map`):
+            ``auto``, ``balanced``, ``balanced_low_0``, ``sequential``, a JSON file, or a
+            module -> device dict; ``device`` must then stay ``auto``.
+        max_memory: with a ``device_map`` strategy, the memory each device may hold
+            (``0=20GiB,1=20GiB`` or ``{0: "20GiB"}``).
 
     Raises:
         GuardtuneError: the base cannot be found or loaded, the device is not there, or
-            ``quantize`` is unknown or bitsandbytes missing.
+            ``quantize`` is unknown or bitsandbytes missing; a ``device_map`` that is malformed,
+            goes with ``device`` or ``int8``, or offloads part of the base.
     """
-    target = resolve_device(device)
+    device_map = parse_device_map(device_map)
+    memory = parse_max_memory(max_memory)
+    check_options(device_map, memory, device, str(dtype))
+    target = resolve_device(map_device_type(device_map) if device_map is not None else device)
     torch_dtype = resolve_dtype(dtype, target)
     int8 = dtype == "int8" and resolve_int8("bf16" if torch_dtype == torch.bfloat16 else "fp32")
     extra: dict[str, Any] = {}
     if quantize is not None:
         # Quantised layers are created on their device: they cannot be moved afterwards.
         extra = {"quantization_config": quantization_config(quantize), "device_map": {"": target}}
+    if device_map is not None:
+        extra |= {"device_map": device_map, "max_memory": memory}
     if target.type == "cpu":
         torch.set_num_threads(cpu_threads())
         bound_kernel_caches()
@@ -365,12 +395,20 @@ def load_backbone(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     _drop_construction_vocab(tokenizer)
+    if device_map is not None:
+        check_placement(model, base)
     model.requires_grad_(False)
     model.eval()
-    if quantize is None:
+    if quantize is None and device_map is None:
         model.to(target)  # type: ignore[arg-type]
     backbone = Backbone(
-        model=model, tokenizer=tokenizer, base=base, dtype=torch_dtype, quantize=quantize, int8=int8
+        model=model,
+        tokenizer=tokenizer,
+        base=base,
+        dtype=torch_dtype,
+        quantize=quantize,
+        int8=int8,
+        device_map=device_map,
     )
     settle_kbit_weights(backbone)
     return backbone

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -68,6 +69,8 @@ class Classifier:
         adapter_name: str | None = None,
         merge: bool | None = None,
         device: str = "auto",
+        device_map: str | dict[str, Any] | None = None,
+        max_memory: str | dict[Any, str] | None = None,
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -88,10 +91,17 @@ class Classifier:
                 untouched.
             device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``, when no
                 ``backbone`` is given.
+            device_map: spread a base larger than one GPU over several: ``auto``, ``balanced``,
+                ``balanced_low_0``, ``sequential``, a JSON file or a module -> device dict (see
+                :mod:`guardtune.device_map`); ``device`` stays ``auto``. The adapter and the head
+                are put beside the layers they belong to.
+            max_memory: with a ``device_map`` strategy, memory per device (``{0: "20GiB"}``).
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, a bad
-                ``calibration.json``, or a shared base whose projections are already int8.
+                ``calibration.json``, a shared base whose projections are already int8, a
+                ``device_map`` with a shared ``backbone``, or a ``device_map`` refused by
+                :func:`guardtune.backbone.load_backbone`.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -99,13 +109,25 @@ class Classifier:
         method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None
+        if backbone is not None and (device_map is not None or max_memory is not None):
+            raise GuardtuneError(
+                f"{directory}: device_map places a base this call loads; the shared backbone given "
+                "is loaded already (pass device_map to load_backbone)"
+            )
         if backbone is not None and backbone.peft_model is not None and is_quantized(backbone.model):
             raise GuardtuneError(
                 f"{directory}: its base {backbone.base} already runs int8 projections, which take no "
                 "new adapter; load every model on it before quantising"
             )
         quantize = manifest.quantize
-        backbone = backbone or load_backbone(manifest.base, dtype=dtype, device=device, quantize=quantize)
+        backbone = backbone or load_backbone(
+            manifest.base,
+            dtype=dtype,
+            device=device,
+            quantize=quantize,
+            device_map=device_map,
+            max_memory=max_memory,
+        )
         method = method_cls.load(
             directory, backbone, manifest.task, manifest.max_length, adapter_name=adapter_name
         )

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from guardtune.cli_options import DeviceOption, InferenceDtypeOption, ModelOption, err, out
+from guardtune.cli_options import (
+    DeviceMapOption,
+    DeviceOption,
+    InferenceDtypeOption,
+    MaxMemoryOption,
+    ModelOption,
+    err,
+    out,
+)
 from guardtune.errors import GuardtuneError
 
 
@@ -19,6 +27,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Jobs waiting for the model before 503.")] = 256,
@@ -67,7 +77,7 @@ def serve(
             raise GuardtuneError(f"--model {spec}: the name {name!r} is given twice")
         specs[name] = directory
     with err.status(f"Loading {len(specs)} guard(s)...", spinner="dots"):
-        guards = load_guards(specs, dtype=dtype, device=device)
+        guards = load_guards(specs, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
     bases = {id(g.backbone) for g in guards.values()}
     out.print(
         f"Loaded {', '.join(guards)} on {len(bases)} base model(s); serving on http://{host}:{port}"

@@ -20,6 +20,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from guardtune.device_map import MAX_MEMORY_HELP
+from guardtune.device_map import OPTION_HELP as DEVICE_MAP_HELP
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
 from guardtune.train import TrainSettings
@@ -31,6 +33,8 @@ err = Console(stderr=True)
 TaskOption = Annotated[str, typer.Option(help="Built-in task name or task YAML file.")]
 BaseOption = Annotated[str, typer.Option(help="HF model dir, .gguf file, or gemma-3-270m.")]
 DeviceOption = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N.")]
+DeviceMapOption = Annotated[str | None, typer.Option(help=DEVICE_MAP_HELP)]
+MaxMemoryOption = Annotated[str | None, typer.Option(help=MAX_MEMORY_HELP)]
 InferenceDtypeOption = Annotated[
     str,
     typer.Option(

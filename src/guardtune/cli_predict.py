@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from guardtune.cli_options import DeviceOption, InferenceDtypeOption, LabelledDataOption, ModelOption, out
+from guardtune.cli_options import (
+    DeviceMapOption,
+    DeviceOption,
+    InferenceDtypeOption,
+    LabelledDataOption,
+    MaxMemoryOption,
+    ModelOption,
+    out,
+)
 from guardtune.errors import GuardtuneError
 
 LONG_TEXT_OPTION = typer.Option(
@@ -31,6 +39,8 @@ def eval_command(
     out_dir: Annotated[Path, typer.Option("--out", help="Report directory to write.")],
     dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
     group_by: Annotated[
         str | None,
@@ -44,7 +54,9 @@ def eval_command(
     from guardtune.eval import groups_rich_table, metrics_rich_table
 
     reading = _long_text(long_text)
-    classifier = Classifier.load(model, dtype=dtype, device=device)
+    classifier = Classifier.load(
+        model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+    )
     classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir, group_by=group_by)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
@@ -70,12 +82,22 @@ def calibrate(
     ] = None,
     dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
 ) -> None:
     """Fit temperature scaling and thresholds (max F1 by default) on validation rows."""
     from guardtune.api import calibrate as calibrate_model
 
     cal = calibrate_model(
-        model, data, label=label, max_fpr=max_fpr, min_recall=min_recall, dtype=dtype, device=device
+        model,
+        data,
+        label=label,
+        max_fpr=max_fpr,
+        min_recall=min_recall,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
     )
     out.print(f"Temperature {cal.temperature:.3f} (fitted on {cal.n} rows of {data.name})")
     out.print(f"ECE (15 bins): {cal.ece_before:.3f} uncalibrated -> {cal.ece_after:.3f} calibrated")
@@ -113,6 +135,8 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
     dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
     engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors).")] = "local",
     output_format: Annotated[
         str, typer.Option("--format", help="ray engine: parquet or csv part files.")
@@ -134,9 +158,10 @@ def predict(
     reading = _long_text(long_text)
     if reading is not None and engine != "local":
         raise GuardtuneError("--long-text: supported with --engine local only")
-    if device != "auto" and engine != "local":
+    if (device != "auto" or device_map is not None) and engine != "local":
+        flag = "--device" if device != "auto" else "--device-map"
         raise GuardtuneError(
-            "--device: supported with --engine local only (ray places actors by --gpus-per-actor)"
+            f"{flag}: supported with --engine local only (ray places actors by --gpus-per-actor)"
         )
     if engine == "ray":
         from guardtune.engines.ray_predict import RaySettings, predict_with_ray
@@ -158,7 +183,9 @@ def predict(
             dtype=dtype,
         )
     elif engine == "local":
-        classifier = Classifier.load(model, dtype=dtype, device=device)
+        classifier = Classifier.load(
+            model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+        )
         classifier.long_text = reading
         counts = predict_file(classifier, data, out_file, batch_size=batch_size)
     else:

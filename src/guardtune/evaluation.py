@@ -191,6 +191,8 @@ def calibrate(
     progress: bool = True,
     save: bool = True,
     device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, str] | None = None,
 ) -> Calibration:
     """Fit temperature scaling and decision thresholds on labelled rows and store them with the model.
 
@@ -210,6 +212,8 @@ def calibrate(
         dtype: ``auto``, ``bf16``, ``fp32`` or ``int8`` when ``model`` is a directory; the
             calibration records the precision it was fitted in.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda`` when ``model`` is a directory.
+        device_map, max_memory: a base spread over several GPUs, when ``model`` is a directory
+            (see :meth:`Classifier.load`).
         progress: show a progress bar while scoring.
         save: write ``calibration.json`` into the model directory.
 
@@ -234,7 +238,11 @@ def calibrate(
         # The calibration in another precision that Classifier.load warns about is being replaced.
         warnings.filterwarnings("ignore", message=".*calibrated on .* scores but the model runs in")
         classifier = (
-            model if isinstance(model, Classifier) else Classifier.load(model, dtype=dtype, device=device)
+            model
+            if isinstance(model, Classifier)
+            else Classifier.load(
+                model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
+            )
         )
     if save and classifier.directory is None:
         raise GuardtuneError("calibrate: the classifier has no model directory to write calibration.json to")

@@ -20,6 +20,20 @@ def _fits_window(method: LoraMethod, encoded: list[list[int]]) -> bool:
     return window is None or longest < window
 
 
+def reused_prefix(method: LoraMethod, encoded: list[list[int]]) -> int:
+    """How many leading ids of every row the method's prefix cache stands for (0: none).
+
+    The rows are whole rendered prompts, tokenized as one string: a message may merge into the
+    prompt's last tokens in a way the probes behind ``shared_prefix`` did not foresee, and then
+    the cache is not used for that call rather than used on ids it was not made from.
+    """
+    shared = method.shared_prefix
+    if not shared or not _fits_window(method, encoded):
+        return 0
+    length = len(shared)
+    return length if all(row[:length] == shared for row in encoded) else 0
+
+
 def predict_scores(
     method: LoraMethod,
     texts: list[str],
@@ -52,7 +66,7 @@ def predict_scores(
     was_training = method.training
     if was_training:
         method.eval()
-    prefix_length = len(method.shared_prefix) if reuse_prefix and _fits_window(method, encoded) else 0
+    prefix_length = reused_prefix(method, encoded) if reuse_prefix else 0
     try:
         prefix = method.prefix_state() if prefix_length else None
         with (

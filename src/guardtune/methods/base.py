@@ -247,7 +247,7 @@ class PromptMethod(LoraMethod):
     def __init__(self, backbone: Backbone, adapter_name: str, task: TaskSpec, max_length: int) -> None:
         super().__init__(backbone, adapter_name, task, max_length)
         self.prompt = PromptEncoder.for_task(task, backbone.tokenizer, max_length)
-        self.shared_prefix = self.prompt.prefix
+        self.shared_prefix = self.prompt.shared
 
     def message_budget(self) -> int:
         reserve = len(self.prompt.prefix) + len(self.prompt.suffix) + self.longest_answer

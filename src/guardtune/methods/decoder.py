@@ -146,8 +146,12 @@ def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tens
     when its config has one (Gemma 2 does).
     """
     head: Any = backbone.model.get_output_embeddings()
+    # Under --device-map the LM head (tied to the input embedding) and the last layer can sit on
+    # different GPUs; the hidden states go to the head, which is only a few rows here.
+    if token_ids is not None:
+        token_ids = token_ids.to(head.weight.device)
     weight = head.weight if token_ids is None else head.weight[token_ids]
-    logits = hidden.to(weight.dtype) @ weight.T
+    logits = hidden.to(weight.device, weight.dtype) @ weight.T
     if getattr(head, "bias", None) is not None:
         logits = logits + (head.bias if token_ids is None else head.bias[token_ids])
     logits = logits.float()
@@ -159,6 +163,7 @@ def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tens
 
 def last_token_states(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Hidden state of each row's last real token, for left or right padding alike."""
+    attention_mask = attention_mask.to(hidden.device)  # --device-map: the last layer's device
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = (attention_mask.long() * positions).argmax(dim=1)
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

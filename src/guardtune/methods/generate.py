@@ -235,7 +235,8 @@ class GenerateMethod(PromptMethod):
                 break
             union = sorted({t for i in active for t in nodes[i].children})
             logits = lm_head_rows(self.backbone, hidden, torch.tensor(union, device=hidden.device))
-            chosen = torch.full((rows,), self.eos, dtype=torch.long, device=hidden.device)
+            # Fed back as input ids: on the inputs' device (under --device-map, not the last layer's).
+            chosen = torch.full((rows,), self.eos, dtype=torch.long, device=input_ids.device)
             for i in active:
                 allowed = [union.index(t) for t in nodes[i].children]
                 probs = torch.softmax(logits[i, allowed], dim=-1).tolist()

@@ -148,7 +148,9 @@ class HeadMethod(LoraMethod):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: PrefixState | None = None
     ) -> torch.Tensor:
         hidden = decoder_states_after(self, prefix, input_ids, attention_mask).last_hidden_state
-        return self.classifier(last_token_states(hidden, attention_mask).float())
+        pooled = last_token_states(hidden, attention_mask)
+        # The head sits with the input embedding; under --device-map the last layer may not.
+        return self.classifier(pooled.to(self.classifier.weight.device, torch.float32))
 
     def scores_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities: softmax for single-label, independent sigmoids for multi."""

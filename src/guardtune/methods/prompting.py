@@ -1,14 +1,15 @@
 """Prompts for the methods that read an instruction: the task's template around the message, and
 the label tokens that answer it.
 
-The prompt is split at ``{text}`` into a fixed prefix and suffix that are tokenized once; only the
-message is truncated, so the instruction and the answer position always survive, and every prompt
-of a task starts with the same tokens (what a prefix cache can reuse).
+The prompt is the task's template rendered around the message and tokenized as one string, as an
+engine tokenizes it; only the message is truncated, so the instruction and the answer position
+always survive, and every prompt of a task starts with the same tokens (what a prefix cache can
+reuse).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from guardtune.errors import GuardtuneError
@@ -37,8 +38,16 @@ def render_template(task: TaskSpec) -> str:
 
 @dataclass
 class PromptEncoder:
-    """Token ids of ``prefix + message + suffix``, with only the message truncated."""
+    """Token ids of ``before + message + after``, with only the message truncated.
 
+    The whole rendered prompt is tokenized as one string, as a server given the rendered chat
+    template tokenizes it (vLLM, llama.cpp, transformers' ``apply_chat_template``): a message's
+    first and last characters may merge with the template's text around it (``?"`` is one token
+    in Gemma's vocabulary), so tokenizing the message apart gave ids no engine sees.
+    """
+
+    # The fixed text before and after the message as each tokenizes alone (BOS included): what the
+    # prompt costs, for the message's budget.
     prefix: list[int]
     suffix: list[int]
     tokenizer: Any
@@ -48,10 +57,13 @@ class PromptEncoder:
     # The same prompt as text (``bos`` token included), for exports that template it elsewhere.
     text_before: str = ""
     text_after: str = ""
-    # Whitespace that ends the text before the message ("[INST] " in Mistral's template), tokenized
-    # with the message: byte-level BPE merges it into the message's first word, so a prefix that
-    # kept it as its own token gave ids no server tokenizing the rendered chat would see.
-    lead: str = ""
+    # BOS ids put before the tokenized text (a plain template; a chat template spells BOS itself),
+    # and the text before the message without it.
+    bos: list[int] = field(default_factory=list)
+    before: str = ""
+    # The ids every prompt starts with, whatever the message (a prefix cache reuses them):
+    # ``prefix`` less its end where a message's first characters can merge into it.
+    shared: list[int] = field(default_factory=list)
 
     @classmethod
     def for_task(cls, task: TaskSpec, tokenizer: Any, max_length: int) -> PromptEncoder:
@@ -70,9 +82,7 @@ class PromptEncoder:
         else:
             answer_prefix = " "
             bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        stem = before.rstrip()
-        lead = before[len(stem) :]
-        prefix = bos + tokenizer(stem, add_special_tokens=False)["input_ids"]
+        prefix = bos + tokenizer(before, add_special_tokens=False)["input_ids"]
         suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
         if len(prefix) + len(suffix) + 4 > max_length:
             raise GuardtuneError(
@@ -80,17 +90,74 @@ class PromptEncoder:
                 f"for max length {max_length} (raise --max-length)"
             )
         bos_text = tokenizer.bos_token if bos else ""
-        return cls(prefix, suffix, tokenizer, max_length, answer_prefix, bos_text + before, after, lead)
+        text_before = bos_text + before
+        encoder = cls(prefix, suffix, tokenizer, max_length, answer_prefix, text_before, after, bos, before)
+        encoder.shared = _common_start([prefix, *encoder.tokenize(list(_PROBES))])
+        return encoder
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text's whole rendered prompt, untruncated."""
+        rendered = [self.before + text + self.text_after for text in texts]
+        encoded = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        return [self.bos + list(ids) for ids in encoded]
 
     def encode(self, texts: list[str], reserve: int = 0) -> list[list[int]]:
-        """Prompt token ids per text, leaving ``reserve`` tokens of room for an answer."""
-        budget = self.max_length - len(self.prefix) - len(self.suffix) - reserve
-        bodies = self.tokenizer([self.lead + text for text in texts], add_special_tokens=False)["input_ids"]
-        return [self.prefix + head_and_tail(list(body), max(budget, 1)) + self.suffix for body in bodies]
+        """Prompt token ids per text, leaving ``reserve`` tokens of room for an answer.
+
+        A text whose prompt does not fit is read as :meth:`fit` cuts it; its ids are then those
+        of the rendered prompt around the cut text.
+        """
+        limit = self.max_length - reserve
+        rows = self.tokenize(texts)
+        for i, row in enumerate(rows):
+            if len(row) > limit:
+                rows[i] = self.tokenize([self.fit(texts[i], reserve)])[0]
+        return rows
+
+    def fit(self, text: str, reserve: int = 0) -> str:
+        """``text`` as the prompt reads it: whole when it fits, else its head and tail.
+
+        The cut is made at the message's own token boundaries (half the budget from each end, as
+        :func:`~guardtune.long_text.head_and_tail`); as tokenizing the rendered prompt can merge
+        tokens across the cut and the template, the budget shrinks until the whole prompt fits.
+        """
+        limit = self.max_length - reserve
+        tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = tokens["offset_mapping"]
+        budget = limit - len(self.prefix) - len(self.suffix)
+        while True:
+            kept = head_and_tail(list(range(len(offsets))), max(budget, 1))
+            cut = text if len(kept) == len(offsets) else _join(text, offsets, kept)
+            over = len(self.tokenize([cut])[0]) - limit
+            if over <= 0 or budget <= 1:
+                return cut
+            budget -= over
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer as it follows the prompt."""
         return list(self.tokenizer(self.answer_prefix + answer, add_special_tokens=False)["input_ids"])
+
+
+# Messages that start as messages do (a letter, a space, punctuation, a digit, a newline, a
+# quote, a non-ASCII letter): the prompt's ids they all share are the prefix a cache can reuse.
+_PROBES = ("hello", " hello", "?", "1", "\n", '"', "'", "é", "@x", "<", "")
+
+
+def _common_start(rows: list[list[int]]) -> list[int]:
+    first = rows[0]
+    length = len(first)
+    for row in rows[1:]:
+        length = min(length, len(row))
+        length = next((i for i in range(length) if row[i] != first[i]), length)
+    return first[:length]
+
+
+def _join(text: str, offsets: list[tuple[int, int]], kept: list[int]) -> str:
+    """The text of the kept tokens: the head's characters, then the tail's."""
+    head = next((n for n, index in enumerate(kept) if index != n), len(kept))
+    start = text[: offsets[kept[head - 1]][1]] if head else ""
+    end = text[offsets[kept[head]][0] :] if head < len(kept) else ""
+    return start + end
 
 
 def label_token_ids(task: TaskSpec, prompt: PromptEncoder) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.classifier import Classifier
@@ -49,7 +50,13 @@ def _base_key(base: str) -> str:
     return str(path.resolve()) if path.exists() else base
 
 
-def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto") -> dict[str, Guard]:
+def load_guards(
+    specs: dict[str, Path],
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[Any, str] | None = None,
+) -> dict[str, Guard]:
     """Load every guard; guards trained on the same base share one copy of its weights.
 
     Args:
@@ -58,6 +65,8 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
             base's projections are quantised once all its guards are on; adapters stay unmerged
             beside them (in float), so guards can share a base and the chat path runs the base.
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        device_map, max_memory: spread each base over several GPUs (see
+            :func:`guardtune.backbone.load_backbone`).
 
     Raises:
         GuardtuneError: a directory is not a model, or its base cannot be loaded.
@@ -75,7 +84,12 @@ def load_guards(specs: dict[str, Path], dtype: str = "auto", device: str = "auto
         key = f"{_base_key(manifests[name].base)}#{quantize or 'full'}"
         if key not in backbones:
             backbones[key] = load_backbone(
-                manifests[name].base, dtype=dtype, device=device, quantize=quantize
+                manifests[name].base,
+                dtype=dtype,
+                device=device,
+                quantize=quantize,
+                device_map=device_map,
+                max_memory=max_memory,
             )
         backbone = backbones[key]
         classifier = Classifier.load(directory, backbone=backbone, adapter_name=name)
