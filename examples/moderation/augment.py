@@ -167,9 +167,9 @@ def tactic_wraps(split: pd.DataFrame, count: int, frames: list[str], seed: int) 
     come from plain questions and from harmless prompts that look harmful, in the same framings,
     so the framing alone decides nothing. Rows keep their label and categories; source ``+tactic``.
     """
-    short = split[(split["text"].str.len() <= REQUEST_CHARS) & ~split["text"].str.contains("\n")]
     if count <= 0:
         return split.iloc[:0]
+    short = split[(split["text"].str.len() <= REQUEST_CHARS) & ~split["text"].str.contains("\n")]
     harmful = short[short["source"].isin(HARMFUL_REQUESTS) & (short["label"] == "unsafe")]
     benign = short[short["source"].isin(TACTIC_BENIGN) & (short["label"] == "safe")]
     return pd.concat(

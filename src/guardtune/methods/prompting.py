@@ -111,7 +111,7 @@ class PromptEncoder:
         rows = self.tokenize(texts)
         for i, row in enumerate(rows):
             if len(row) > limit:
-                rows[i] = self.tokenize([self.fit(texts[i], reserve)])[0]
+                rows[i] = self._cut(texts[i], limit)[1]
         return rows
 
     def fit(self, text: str, reserve: int = 0) -> str:
@@ -121,16 +121,20 @@ class PromptEncoder:
         :func:`~guardtune.long_text.head_and_tail`); as tokenizing the rendered prompt can merge
         tokens across the cut and the template, the budget shrinks until the whole prompt fits.
         """
-        limit = self.max_length - reserve
+        return self._cut(text, self.max_length - reserve)[0]
+
+    def _cut(self, text: str, limit: int) -> tuple[str, list[int]]:
+        """The cut text of :meth:`fit` and its prompt's ids, tokenized once per budget tried."""
         tokens = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         offsets = tokens["offset_mapping"]
         budget = limit - len(self.prefix) - len(self.suffix)
         while True:
             kept = head_and_tail(list(range(len(offsets))), max(budget, 1))
             cut = text if len(kept) == len(offsets) else _join(text, offsets, kept)
-            over = len(self.tokenize([cut])[0]) - limit
+            ids = self.tokenize([cut])[0]
+            over = len(ids) - limit
             if over <= 0 or budget <= 1:
-                return cut
+                return cut, ids
             budget -= over
 
     def answer_ids(self, answer: str) -> list[int]:
