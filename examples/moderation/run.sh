@@ -5,7 +5,7 @@
 # table with the targets (HateCheck also per functionality). Run from the repository root with the
 # virtual environment active:
 #   bash examples/moderation/run.sh ../shared/data/moderation [OUT_DIR]
-# Every setting below can be overridden from the environment, e.g. STEPS=600 LR=3e-4 bash ...
+# Every setting below can be overridden from the environment, e.g. STEPS=1000 LR=3e-4 bash ...
 set -euo pipefail
 DATA=${1:?usage: run.sh PATH/TO/data/moderation [OUT_DIR]}
 OUT=${2:-runs/moderation}
@@ -15,11 +15,11 @@ SOURCE_CAPS=${SOURCE_CAPS:-}               # SOURCE=N,...: some sources' own cap
 PERSONA_WRAPS=${PERSONA_WRAPS:-600}        # harmful and as many benign requests after a role-play persona
 PERSONA_SENTENCES=${PERSONA_SENTENCES:-600} # single benign sentences of role-play prompts
 MAX_CHARS=${MAX_CHARS:-4000}               # longer in-domain texts keep their two ends (0: whole)
-QUOTE_WRAPS=${QUOTE_WRAPS:-0}              # hateful posts quoted to condemn (safe) and to endorse (unsafe)
-TACTIC_WRAPS=${TACTIC_WRAPS:-0}            # harmful and benign requests in fiction / pretext framings
+QUOTE_WRAPS=${QUOTE_WRAPS:-600}            # hateful posts quoted to condemn (safe) and to endorse (unsafe)
+TACTIC_WRAPS=${TACTIC_WRAPS:-600}          # harmful and benign requests in fiction / pretext framings
 # Training (guardtune train)
 BASE=${BASE:-gemma-3-270m}                 # the embedded default, or an HF model dir / .gguf file
-STEPS=${STEPS:-1000}                       # optimizer steps
+STEPS=${STEPS:-600}                        # optimizer steps
 BATCH=${BATCH:-16}                         # rows per step
 MAX_LENGTH=${MAX_LENGTH:-64}               # tokens per read; longer texts are read in windows
 LR=${LR:-5e-4}
