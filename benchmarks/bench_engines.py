@@ -15,7 +15,7 @@ guardtune's. Each runtime runs in a process of its own (the engines in their ``.
 environments, see ``make engines``), so its peak RSS is its own; load time is reported apart and
 not counted in messages/s. An engine that is not set up is reported as such, not measured.
 
-    flock /work/cpu.lock python benchmarks/bench_engines.py --model runs/pii-lt --n 1000 \\
+    python benchmarks/bench_engines.py --model runs/pii-lt --n 1000 \\
         --json bench_engines.json
 """
 

@@ -294,6 +294,7 @@ def test_vllm_runs_two_guards_as_lora_adapters_on_one_base(guard, messages: list
     print(f"vLLM {result['version']}: {len(guards)} LoRA guards on one base, one engine")
     for each, served in zip((gen, lt), result["guards"], strict=True):
         assert served["name"] == each.name
+        served = {**served, "engine": f"vLLM LoRA {each.name}", "version": result["version"]}
         assert_tokenizes_like_guardtune(served, each, f"vLLM LoRA {each.name}")
         # The greedy token among the label tokens is guardtune's label; its scores are the
         # softmax over the label tokens' logits, as guardtune's.

