@@ -137,6 +137,12 @@ def assert_agrees(result: dict[str, Any], guard: Guard, tolerance: float) -> np.
     return scores
 
 
+def greedy_agreement(result: dict[str, Any], guard: Guard) -> float:
+    """Share of the engine's free greedy answers that start with guardtune's label."""
+    greedy = [row["greedy"].strip() for row in result["rows"]]
+    return float(np.mean([g.startswith(label) for g, label in zip(greedy, guard.labels, strict=True)]))
+
+
 # -- llama.cpp ------------------------------------------------------------------------------------
 
 
@@ -221,8 +227,7 @@ def test_llama_cpp_answers_the_generate_gguf_like_guardtune(guard, messages: lis
     same = sum(a == b for a, b in zip(constrained, gen.method.generate_answers(messages), strict=True))
     print(f"llama.cpp grammar answer == guardtune's constrained answer on {same} of {len(messages)}")
     # Free greedy decoding: the answer or its start; how often depends on training (brief here).
-    greedy = [row["greedy"].strip() for row in result["rows"]]
-    agreement = np.mean([g.startswith(label) for g, label in zip(greedy, gen.labels, strict=True)])
+    agreement = greedy_agreement(result, gen)
     print(f"llama.cpp free greedy answer == guardtune label on {agreement:.1%} of {len(messages)}")
 
 
@@ -302,8 +307,7 @@ def test_vllm_runs_two_guards_as_lora_adapters_on_one_base(guard, messages: list
         firsts = request["guards"][[g["name"] for g in guards].index(each.name)]["label_token_ids"]
         chosen = [each.classifier.labels[firsts.index(row["token"])] for row in served["rows"]]
         assert chosen == each.labels
-        greedy = [row["greedy"].strip() for row in served["rows"]]
-        same = np.mean([g.startswith(label) for g, label in zip(greedy, each.labels, strict=True)])
+        same = greedy_agreement(served, each)
         print(f"vLLM LoRA {each.name}: free greedy answer starts with guardtune's label on {same:.1%}")
 
 
