@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from conftest import load_script
+from conftest import load_script, run_cli
 
 from guardtune.precision import int8_unavailable_reason
 
@@ -150,3 +150,48 @@ def test_bench_quantize_writes_json_and_markdown(
     manifest = json.loads((tmp_path / "work" / "seed0" / "4bit" / "guardtune.json").read_text())
     assert manifest["training"]["quantize"] == "4bit" and manifest["method"] == "head"
     assert out_md.read_text().count("\n| 4bit | 0 |") == 1
+
+
+def train_tiny_pii_guard(monkeypatch: pytest.MonkeyPatch, base: str, folder: Path, *options: str) -> Path:
+    """A tiny-model ``pii-intent`` guard trained one step on 24 synthetic rows."""
+    data = folder / "pii.csv"
+    assert run_cli(monkeypatch, "data", "synth", "--task", "pii-intent", "--n", "24", "--out", data) == 0
+    model = folder / "model"
+    train = [
+        "train", "--task", "pii-intent", "--train", data, "--out", model, "--base", base,
+        "--max-steps", "1", "--batch-size", "8", "--dtype", "fp32", *options,
+    ]  # fmt: skip
+    assert run_cli(monkeypatch, *train) == 0
+    return model
+
+
+def test_bench_engines_measures_guardtune_and_reports_missing_engines(
+    tiny_base_wide_window: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None
+) -> None:
+    model = train_tiny_pii_guard(monkeypatch, tiny_base_wide_window, tmp_path, "--method", "label-tokens")
+    # No engine environments there: both engines must be reported as not set up, not measured.
+    monkeypatch.setenv("GUARDTUNE_ENGINES", str(tmp_path / "no-engines"))
+    bench = load_benchmark("bench_engines")
+    out_json = tmp_path / "engines.json"
+    report = bench.main(
+        ["--model", str(model), "--n", "8", "--single", "2", "--threads", "1", "--json", str(out_json)]
+    )
+    assert json.loads(out_json.read_text()) == report
+    results = report["results"]
+    assert list(results) == ["guardtune", "vllm", "llama"]
+    for engine in ("vllm", "llama"):
+        assert set(results[engine]) == {"skipped"} and "make engines" in results[engine]["skipped"]
+    guardtune = results["guardtune"]
+    assert guardtune["agreement"] == 8 and len(guardtune["single_seconds"]) == 2
+    for key in ("messages_per_s", "p50_ms", "peak_rss_mb", "load_seconds"):
+        assert is_number(guardtune[key]) and guardtune[key] > 0, key
+    table = bench.table(results, 8)
+    assert "| guardtune | " in table and "| 8/8 |" in table and "| vllm | " in table
+
+
+def test_bench_engines_refuses_a_guard_of_another_method(
+    tiny_base_wide_window: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = train_tiny_pii_guard(monkeypatch, tiny_base_wide_window, tmp_path)
+    with pytest.raises(SystemExit, match="a label-tokens guard is needed \\(found head\\)"):
+        load_benchmark("bench_engines").main(["--model", str(model), "--n", "2"])
