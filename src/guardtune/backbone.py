@@ -31,7 +31,7 @@ from guardtune.device_map import (
 )
 from guardtune.errors import GuardtuneError
 from guardtune.precision import resolve_int8
-from guardtune.quantize import quantization_config
+from guardtune.quantize import quantization_config, unpack_4bit_for_gradients
 from guardtune.tokenizer_cache import load_tokenizer
 
 DtypeName = Literal["auto", "bf16", "fp32", "int8"]
@@ -330,13 +330,15 @@ def _drop_construction_vocab(tokenizer: Any) -> None:
 def settle_kbit_weights(backbone: Backbone) -> None:
     """On a CPU, run one token through a quantised base as it loads, before anything else does.
 
-    bitsandbytes' CPU backend repacks k-bit weights for its inference kernel on the first no-grad
-    forward pass; gradient passes before that take another path whose results differ (hidden
-    states by 0.04 on a tiny Gemma; trained and reloaded scores by 1.5e-3). Packing first makes
-    training and every later load run the same kernel.
+    bitsandbytes' CPU backend repacks 4-bit weights for its inference kernel on the first no-grad
+    forward pass in evaluation mode, and the packed kernel's results differ from the unpacked
+    one's (hidden states by 0.04 on a tiny Gemma). Packing at load makes every inference run the
+    packed kernel. It has no backward, so each 4-bit layer first keeps its unpacked weights and
+    runs them whenever gradients flow (``unpack_4bit_for_gradients``).
     """
     if backbone.quantize is None or backbone.device.type != "cpu":
         return
+    unpack_4bit_for_gradients(backbone.model)
     with torch.inference_mode():
         backbone.model.get_decoder()(input_ids=torch.zeros((1, 1), dtype=torch.long))
 

@@ -7,6 +7,7 @@ CUDA and, from release 0.46, on CPUs (its ``cpu`` backend), which is what the te
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -51,3 +52,53 @@ def quantization_config(mode: str) -> Any:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+# Where each 4-bit layer keeps its weights in bitsandbytes' own layout while they are packed.
+_UNPACKED = "_guardtune_unpacked_4bit"
+
+
+def unpack_4bit_for_gradients(model: torch.nn.Module) -> int:
+    """Make every bitsandbytes 4-bit layer of ``model`` run its unpacked kernel when gradients flow.
+
+    On CPUs with AVX-512 BF16, bitsandbytes repacks 4-bit weights for a fast inference kernel
+    (``gemv_4bit``) on the first no-grad forward pass in evaluation mode, and later calls keep
+    that kernel whatever the mode. It has no backward: the gradient with respect to the layer's
+    input comes back as nothing, so LoRA trained on a packed base learns with the gradient through
+    every frozen projection missing (the loss still falls). Call this before the first pass: each
+    4-bit layer keeps its weights as quantised, and hooks put them back before a forward pass with
+    gradients on and before the state dict is read (which bitsandbytes does by inverting the
+    packing, re-quantising the scales: not exact). bitsandbytes packs them again on the next
+    no-grad pass in evaluation mode, as a fresh load would. Costs one more copy of the 4-bit
+    weights. Returns the number of layers hooked.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    hooked = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and not hasattr(module, _UNPACKED):
+            weight: Any = module.weight
+            # A copy: packing rewrites the quant state it is given in place.
+            setattr(module, _UNPACKED, (weight.data, copy.copy(weight.quant_state)))
+            module.register_forward_pre_hook(_unpacked_when_gradients_flow)
+            module.register_state_dict_pre_hook(_unpacked_before_saving)
+            hooked += 1
+    return hooked
+
+
+def _unpack(module: torch.nn.Module) -> None:
+    weight: Any = module.weight
+    if getattr(weight.quant_state, "packing_format_for_cpu", False):
+        data, state = getattr(module, _UNPACKED)
+        weight.data, weight.quant_state = data, copy.copy(state)
+
+
+def _unpacked_when_gradients_flow(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    if torch.is_grad_enabled():
+        _unpack(module)
+
+
+def _unpacked_before_saving(module: torch.nn.Module, prefix: str, keep_vars: bool) -> None:
+    _unpack(module)
