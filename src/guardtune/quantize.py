@@ -69,8 +69,10 @@ def unpack_4bit_for_gradients(model: torch.nn.Module) -> int:
     4-bit layer keeps its weights as quantised, and hooks put them back before a forward pass with
     gradients on and before the state dict is read (which bitsandbytes does by inverting the
     packing, re-quantising the scales: not exact). bitsandbytes packs them again on the next
-    no-grad pass in evaluation mode, as a fresh load would. Costs one more copy of the 4-bit
-    weights. Returns the number of layers hooked.
+    no-grad pass in evaluation mode, as a fresh load would. Every load keeps them, inference too:
+    loading an adapter reads the state dict, so without the kept weights a reload would score
+    1e-4 to 1e-3 away from the model it was saved from. Costs one more copy of the 4-bit weights
+    (124 MB resident for the embedded Gemma 3 270M). Returns the number of layers hooked.
     """
     try:
         from bitsandbytes.nn import Linear4bit
