@@ -58,7 +58,7 @@ def quantization_config(mode: str) -> Any:
 _UNPACKED = "_guardtune_unpacked_4bit"
 
 
-def unpack_4bit_for_gradients(model: torch.nn.Module) -> int:
+def unpack_4bit_for_gradients(model: torch.nn.Module) -> None:
     """Make every bitsandbytes 4-bit layer of ``model`` run its unpacked kernel when gradients flow.
 
     On CPUs with AVX-512 BF16, bitsandbytes repacks 4-bit weights for a fast inference kernel
@@ -72,13 +72,12 @@ def unpack_4bit_for_gradients(model: torch.nn.Module) -> int:
     no-grad pass in evaluation mode, as a fresh load would. Every load keeps them, inference too:
     loading an adapter reads the state dict, so without the kept weights a reload would score
     1e-4 to 1e-3 away from the model it was saved from. Costs one more copy of the 4-bit weights
-    (124 MB resident for the embedded Gemma 3 270M). Returns the number of layers hooked.
+    (124 MB resident for the embedded Gemma 3 270M).
     """
     try:
         from bitsandbytes.nn import Linear4bit
     except ImportError:
-        return 0
-    hooked = 0
+        return
     for module in model.modules():
         if isinstance(module, Linear4bit) and not hasattr(module, _UNPACKED):
             weight: Any = module.weight
@@ -86,8 +85,6 @@ def unpack_4bit_for_gradients(model: torch.nn.Module) -> int:
             setattr(module, _UNPACKED, (weight.data, copy.copy(weight.quant_state)))
             module.register_forward_pre_hook(_unpacked_when_gradients_flow)
             module.register_state_dict_pre_hook(_unpacked_before_saving)
-            hooked += 1
-    return hooked
 
 
 def _unpack(module: torch.nn.Module) -> None:
