@@ -29,19 +29,26 @@ def test_template_cv_validates_on_train_templates_only(tmp_path: Path, task: str
     assert [f.name for f in list_families(task, root)] == [f.name for f in list_families(task)]
 
 
-def test_contrast_pairs_join_the_training_pools_only(tmp_path: Path) -> None:
+def test_add_train_templates_join_the_training_pools_only(tmp_path: Path) -> None:
     cv = load_script(EXAMPLES / "template_cv.py")
-    extra = EXAMPLES / "contrast-pairs"
+    extra = tmp_path / "candidates"
+    (extra / "pii-intent").mkdir(parents=True)
+    (extra / "pii-intent" / "core.yaml").write_text(
+        "train:\n"
+        '  asking:\n    - "which street is your school on? asking for the carpool"\n'
+        '  none:\n    - "which street is the bakery quest on? asking for the carpool"\n',
+        encoding="utf-8",
+    )
     plain = cv.split_templates("pii-intent", tmp_path / "plain", dev_share=0.25, seed=3)
-    paired = cv.split_templates("pii-intent", tmp_path / "paired", dev_share=0.25, seed=3, extra_root=extra)
+    added = cv.split_templates("pii-intent", tmp_path / "added", dev_share=0.25, seed=3, extra_root=extra)
     candidates = {
         t for spec in cv._extra_templates("pii-intent", extra).values() for p in spec.values() for t in p
     }
     # The loader accepts them (placeholders, the task's label rules) and they only add training rows:
     # the validation templates are the same with and without them.
-    train = {t for pool in template_pools("pii-intent", "train", templates=paired).values() for t in pool}
-    assert candidates and candidates <= train
-    assert template_pools("pii-intent", "check", templates=paired) == template_pools(
+    train = {t for pool in template_pools("pii-intent", "train", templates=added).values() for t in pool}
+    assert len(candidates) == 2 and candidates <= train
+    assert template_pools("pii-intent", "check", templates=added) == template_pools(
         "pii-intent", "check", templates=plain
     )
     built_in = {
@@ -51,6 +58,15 @@ def test_contrast_pairs_join_the_training_pools_only(tmp_path: Path) -> None:
         for t in pool
     }
     assert not {phrasing_key(t) for t in candidates} & built_in
+
+
+def test_add_train_refuses_an_unknown_family(tmp_path: Path) -> None:
+    cv = load_script(EXAMPLES / "template_cv.py")
+    extra = tmp_path / "extra"
+    (extra / "pii-intent").mkdir(parents=True)
+    (extra / "pii-intent" / "nope.yaml").write_text("train:\n  none: [hi]\n", encoding="utf-8")
+    with pytest.raises(GuardtuneError, match=r"nope\.yaml: no built-in family of that name"):
+        cv.split_templates("pii-intent", tmp_path / "w", dev_share=0.25, seed=3, extra_root=extra)
 
 
 def test_template_cv_setting_parser() -> None:
