@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from guardtune.api import Classifier, train
 from guardtune.cli import main
 from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
-from guardtune.serve.chat import prompt_ids
+from guardtune.serve.chat import cut_at_next_turn, prompt_ids
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 
@@ -143,7 +143,7 @@ def test_models_lists_the_loaded_guards(client: httpx.Client) -> None:
 
 def _base_reply(tiny_base: str, tokenizer: Any, text: str) -> str:
     model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
-    ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": text}])])
+    ids = torch.tensor([prompt_ids(tokenizer, [{"role": "user", "content": text}], LIMITS.chat_preamble)])
     config = GenerationConfig(
         max_new_tokens=LIMITS.max_new_tokens,
         do_sample=False,
@@ -152,7 +152,25 @@ def _base_reply(tiny_base: str, tokenizer: Any, text: str) -> str:
     )
     with torch.inference_mode():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+    reply, _ = cut_at_next_turn(str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)))
+    return reply.strip()
+
+
+def test_a_transcript_prompt_starts_with_the_preamble(reference) -> None:
+    tokenizer = reference["pii"].method.backbone.tokenizer
+    assert not getattr(tokenizer, "chat_template", None)  # the tiny base reads a plain transcript
+    messages = [{"role": "user", "content": "gg"}]
+    expected = tokenizer("Be kind.\nuser: gg\nassistant:")["input_ids"]
+    assert prompt_ids(tokenizer, messages, "Be kind.\n") == expected
+    assert prompt_ids(tokenizer, messages) == tokenizer("user: gg\nassistant:")["input_ids"]
+
+
+def test_a_transcript_reply_ends_where_the_base_starts_another_turn() -> None:
+    continuation = " Paris is the capital of France.\nuser: im in 9th grade\nassistant: cool"
+    assert cut_at_next_turn(continuation) == (" Paris is the capital of France.", True)
+    assert cut_at_next_turn(" Hi!\nSystem: be brief\nuser: ok") == (" Hi!", True)
+    # A role word inside the answer is not a turn.
+    assert cut_at_next_turn(" The user: a person who uses it.") == (" The user: a person who uses it.", False)
 
 
 def test_chat_reply_equals_the_base_models_reply_for_a_safe_message(server, reference, tiny_base) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,19 @@ from openai import OpenAI
 import guardtune.serve
 from guardtune.api import train
 from guardtune.errors import GuardtuneError
-from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards, read_api_key
+from guardtune.serve import (
+    TRANSCRIPT_PREAMBLE,
+    BackgroundServer,
+    ServeSettings,
+    create_app,
+    load_guards,
+    read_api_key,
+    read_chat_preamble,
+)
 from guardtune.serve.batcher import MicroBatcher
 from guardtune.serve.guards import Guard
 from guardtune.serve.metrics import ServeMetrics
+from guardtune.serve.server import CloseWhenDraining
 from guardtune.task import load_task
 from guardtune.train import TrainSettings
 
@@ -245,6 +255,55 @@ def test_serve_command_takes_the_key_from_a_file(
     monkeypatch.setenv("GUARDTUNE_API_KEY", "from-the-environment")
     assert run_cli(monkeypatch, *args) == 1
     assert "--api-key-file: give the key one way" in capsys.readouterr().err
+
+
+def test_chat_preamble_file_replaces_the_built_in_one(
+    guards: dict[str, Guard],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    preamble = tmp_path / "preamble.txt"
+    preamble.write_text("user: hi\nassistant: Hello!\n\n", encoding="utf-8")
+    assert read_chat_preamble(preamble) == "user: hi\nassistant: Hello!\n"
+    preamble.write_text("")
+    assert read_chat_preamble(preamble) == ""
+    preamble.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(GuardtuneError, match=r"preamble\.txt: cannot read as UTF-8"):
+        read_chat_preamble(preamble)
+
+    directory = guards["pii"].classifier.directory
+    served: list[Any] = []
+    monkeypatch.setattr(guardtune.serve, "run", lambda app, **_: served.append(app))
+    args = ["serve", "--model", f"pii={directory}", "--dtype", "fp32"]
+    assert run_cli(monkeypatch, *args) == 0
+    assert served[-1].state.settings.chat_preamble == TRANSCRIPT_PREAMBLE
+    preamble.write_text("")
+    assert run_cli(monkeypatch, *args, "--chat-preamble-file", preamble) == 0
+    assert served[-1].state.settings.chat_preamble == ""
+    capsys.readouterr()
+    assert run_cli(monkeypatch, *args, "--chat-preamble-file", tmp_path / "absent") == 1
+    assert f"--chat-preamble-file {tmp_path / 'absent'}: no such file" in capsys.readouterr().err
+
+
+def test_responses_close_their_connection_once_the_server_drains() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    draining = threading.Event()
+
+    async def get() -> httpx.Response:
+        transport = httpx.ASGITransport(app=CloseWhenDraining(app, draining))
+        async with httpx.AsyncClient(transport=transport, base_url="http://guard") as http:
+            return await http.get("/v1/models")
+
+    assert "connection" not in asyncio.run(get()).headers
+    draining.set()
+    response = asyncio.run(get())
+    assert response.headers["connection"] == "close" and response.text == "ok"
 
 
 # --- the soak script, briefly: SIGTERM under load -------------------------------------------------

@@ -37,6 +37,13 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
     timeout: Annotated[float, typer.Option(help="Seconds before a waiting request gets 504.")] = 30.0,
     max_new_tokens: Annotated[int, typer.Option(help="Cap on tokens per chat reply.")] = 64,
+    chat_preamble_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Text a chat prompt starts with when the base has no chat template (replaces the "
+            "built-in instruction and two example turns; an empty file for none)."
+        ),
+    ] = None,
     api_key_file: Annotated[
         Path | None,
         typer.Option(help="Require the bearer key in this file on every route but /healthz."),
@@ -50,7 +57,16 @@ def serve(
     ] = None,
 ) -> None:
     """Serve guards over HTTP: /v1/classify, /v1/moderations, /v1/chat/completions, /metrics."""
-    from guardtune.serve import ServeSettings, create_app, load_guards, parse_model_spec, read_api_key, run
+    from guardtune.serve import (
+        TRANSCRIPT_PREAMBLE,
+        ServeSettings,
+        create_app,
+        load_guards,
+        parse_model_spec,
+        read_api_key,
+        read_chat_preamble,
+        run,
+    )
 
     if api_key_file is not None:
         if api_key is not None:
@@ -69,6 +85,9 @@ def serve(
         request_timeout_s=timeout,
         max_new_tokens=max_new_tokens,
         api_key=api_key,
+        chat_preamble=(
+            TRANSCRIPT_PREAMBLE if chat_preamble_file is None else read_chat_preamble(chat_preamble_file)
+        ),
     )
     specs: dict[str, Path] = {}
     for spec in model:

@@ -8,9 +8,10 @@ Example:
 from guardtune.serve.app import create_app
 from guardtune.serve.guards import Guard, load_guards, parse_model_spec
 from guardtune.serve.server import BackgroundServer, run
-from guardtune.serve.settings import ServeSettings, read_api_key
+from guardtune.serve.settings import TRANSCRIPT_PREAMBLE, ServeSettings, read_api_key, read_chat_preamble
 
 __all__ = [
+    "TRANSCRIPT_PREAMBLE",
     "BackgroundServer",
     "Guard",
     "ServeSettings",
@@ -18,5 +19,6 @@ __all__ = [
     "load_guards",
     "parse_model_spec",
     "read_api_key",
+    "read_chat_preamble",
     "run",
 ]

@@ -19,13 +19,32 @@ from guardtune.serve.service import Service, score_dict, service
 router = APIRouter()
 
 
-def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a chat prompt: the tokenizer's chat template, or a plain transcript without one."""
-    if getattr(tokenizer, "chat_template", None):
+# A base without a chat template reads a plain transcript, and a pretrained one goes on writing it:
+# after its answer come invented turns ("user: i'm in 9th grade ..."), which are not the reply.
+TRANSCRIPT_TURNS = tuple(
+    f"\n{role}:" for name in ("user", "assistant", "system") for role in (name, name.capitalize())
+)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], preamble: str = "") -> list[int]:
+    """Token ids of a chat prompt: the tokenizer's chat template, or ``preamble`` and a plain
+    transcript without one (the preamble is for a pretrained base, which answers a transcript
+    only when it has seen one answered)."""
+    if has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+    text = preamble + "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
     return list(tokenizer(text)["input_ids"])
+
+
+def cut_at_next_turn(text: str) -> tuple[str, bool]:
+    """The assistant's turn of a transcript continuation, and whether another turn followed it."""
+    ends = [i for i in (text.find(turn) for turn in TRANSCRIPT_TURNS) if i >= 0]
+    return (text[: min(ends)], True) if ends else (text, False)
 
 
 @dataclass
@@ -36,14 +55,20 @@ class Reply:
     finish_reason: str
 
 
-def generate_reply(backbone: Backbone, messages: list[dict[str, str]], max_new_tokens: int) -> Reply:
+def generate_reply(
+    backbone: Backbone, messages: list[dict[str, str]], max_new_tokens: int, preamble: str = ""
+) -> Reply:
     """The base model's greedy reply with every adapter disabled.
+
+    Without a chat template the prompt is ``preamble`` and a plain transcript, and generation stops
+    where the base starts a turn of its own (``\nuser:`` and the like); the reply is the text
+    before it.
 
     A guard merged into its base is unmerged by PEFT on the first such request (see
     :func:`guardtune.merging.should_merge` for why that is exact enough).
     """
     tokenizer = backbone.tokenizer
-    ids = prompt_ids(tokenizer, messages)
+    ids = prompt_ids(tokenizer, messages, preamble)
     input_ids = torch.tensor([ids], device=backbone.device)
     model: Any = backbone.model
     eos = model.generation_config.eos_token_id
@@ -52,18 +77,21 @@ def generate_reply(backbone: Backbone, messages: list[dict[str, str]], max_new_t
         do_sample=False,
         eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        stop_strings=None if has_chat_template(tokenizer) else list(TRANSCRIPT_TURNS),
     )
     with torch.inference_mode(), backbone.peft_model.disable_adapter():
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=config,
+            tokenizer=tokenizer,  # for stop_strings
         )
     new = output[0, len(ids) :].tolist()
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [tokenizer.eos_token_id])
     finished = bool(new) and new[-1] in eos_ids
-    text = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return Reply(text, len(ids), len(new), "stop" if finished or len(new) < max_new_tokens else "length")
+    text, another_turn = cut_at_next_turn(tokenizer.decode(new, skip_special_tokens=True))
+    stopped = finished or another_turn or len(new) < max_new_tokens
+    return Reply(text.strip(), len(ids), len(new), "stop" if stopped else "length")
 
 
 @router.post("/v1/chat/completions", response_model=schemas.ChatResponse, responses=ERROR_RESPONSES)
@@ -120,7 +148,9 @@ async def chat(body: schemas.ChatRequest, svc: Annotated[Service, Depends(servic
 
     if await screen(users[-1], "input"):
         return respond(settings.refusal, "content_filter")
-    reply = await svc.on_worker(svc.batcher.run(lambda: generate_reply(guard.backbone, messages, max_new)))
+    reply = await svc.on_worker(
+        svc.batcher.run(lambda: generate_reply(guard.backbone, messages, max_new, settings.chat_preamble))
+    )
     if await screen(reply.text, "output"):
         return respond(settings.refusal, "content_filter", reply.prompt_tokens, reply.completion_tokens)
     return respond(reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens)

@@ -7,6 +7,18 @@ from pathlib import Path
 
 from guardtune.errors import GuardtuneError
 
+# Written for the embedded Gemma 3 270M, a pretrained base: without answered turns to copy it
+# repeats the question (22 of 100 requests written from training templates) or writes the user's
+# next line.
+TRANSCRIPT_PREAMBLE = (
+    "A conversation between a user and a helpful assistant. The assistant answers the user's "
+    "question or does what the user asks, briefly and correctly.\n"
+    "user: what is the capital of france?\n"
+    "assistant: The capital of France is Paris.\n"
+    "user: write a short poem about rain\n"
+    "assistant: Soft rain taps the window, and the garden drinks again.\n"
+)
+
 
 @dataclass
 class ServeSettings:
@@ -22,6 +34,9 @@ class ServeSettings:
         request_timeout_s: a request still waiting after this gets 504.
         max_new_tokens: the cap on tokens a chat reply may generate.
         api_key: when set, every route but /healthz needs ``Authorization: Bearer KEY``.
+        chat_preamble: what a chat prompt starts with when the base has no chat template: an
+            instruction and two answered turns, so that a pretrained base answers instead of
+            continuing the transcript ("" for none).
     """
 
     max_batch_size: int = 32
@@ -34,6 +49,7 @@ class ServeSettings:
     max_new_tokens: int = 64
     api_key: str | None = None
     refusal: str = "I can't help with that: the message was flagged by the guard."
+    chat_preamble: str = TRANSCRIPT_PREAMBLE
 
     def __post_init__(self) -> None:
         problems = [
@@ -76,3 +92,15 @@ def read_api_key(path: Path) -> str:
     if "\n" in key:
         raise GuardtuneError(f"--api-key-file {path}: expected the key alone on one line, found more lines")
     return key
+
+
+def read_chat_preamble(path: Path) -> str:
+    """The chat preamble in ``path`` (UTF-8; an empty file means none), ending in a newline."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GuardtuneError(f"--chat-preamble-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GuardtuneError(f"--chat-preamble-file {path}: cannot read as UTF-8 text ({exc})") from exc
+    text = text.strip("\n")
+    return text + "\n" if text else ""
