@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from conftest import load_script
 
+from guardtune.api import train
+from guardtune.classifier import Classifier
 from guardtune.data.synth import list_families, template_frame, template_pools
 from guardtune.data.synth.families import phrasing_key
 from guardtune.errors import GuardtuneError
+from guardtune.serve.chat import generate_reply
+from guardtune.serve.settings import TRANSCRIPT_PREAMBLE
+from guardtune.train import TrainSettings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pii"
 
@@ -87,3 +93,19 @@ def test_chat_check_messages() -> None:
     requests = rows[rows["expected"] == "answer"]
     assert len(requests) == 20 and set(requests["family"]) == {"assistant-requests"}
     assert set(rows.loc[rows["expected"] == "refuse", "label"]) == {"asking", "giving"}
+
+
+def test_chat_check_writes_a_withheld_reply_again_with_the_guards_scores(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    chat = load_script(EXAMPLES / "chat_check.py")
+    fast = TrainSettings(max_steps=2, batch_size=8, max_length=160, dtype="fp32")
+    train("pii-intent", toy_files["train"], tmp_path / "guard", base=tiny_base, settings=fast)
+    replies, scores = chat.withheld_replies(tmp_path / "guard", ["gg nice map", "whats ur snap"], 5)
+    guard = Classifier.load(tmp_path / "guard")
+    # The server's reply to the same message: the text the guard withheld.
+    served = generate_reply(
+        guard.method.backbone, [{"role": "user", "content": "gg nice map"}], 5, TRANSCRIPT_PREAMBLE
+    )
+    assert replies[0] == served.text and len(replies) == 2
+    assert set(json.loads(scores[1])) == {"none", "asking", "giving"}

@@ -13,7 +13,10 @@ client, one user message per conversation:
 
 Writes ``OUT/chat_check.csv`` (every message, its finish reason and which stage flagged it),
 ``OUT/server.log`` (the server's log) and
-``OUT/chat_check.json`` (the shares), and prints them.
+``OUT/chat_check.json`` (the shares), and prints them. The server returns only its refusal for a
+reply it withheld; once it has stopped, the script writes each such reply again in-process (greedy,
+so the same text) with the guard's scores on it, in the CSV's ``withheld_reply`` and
+``withheld_scores`` columns, and prints them: what the guard flagged, not just that it did.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ import pandas as pd
 from openai import OpenAI
 
 from guardtune.atomic import atomic_file
+from guardtune.classifier import Classifier
 from guardtune.data.synth import generate, list_families
+from guardtune.serve.chat import generate_reply
+from guardtune.serve.settings import TRANSCRIPT_PREAMBLE
 
 
 def free_port() -> int:
@@ -79,6 +85,22 @@ def check_rows(n_per_kind: int, seed: int) -> pd.DataFrame:
     return rows
 
 
+def withheld_replies(model: Path, texts: list[str], max_new_tokens: int) -> tuple[list[str], list[str]]:
+    """The base's replies to ``texts`` as the server wrote them (greedy, its default preamble), and
+    the guard's scores on each as JSON."""
+    guard = Classifier.load(model)
+    replies, scores = [], []
+    for text in texts:
+        reply = generate_reply(
+            guard.method.backbone, [{"role": "user", "content": text}], max_new_tokens, TRANSCRIPT_PREAMBLE
+        )
+        prediction = guard.predict(reply.text)
+        assert not isinstance(prediction, list)
+        replies.append(reply.text)
+        scores.append(json.dumps({k: round(v, 3) for k, v in prediction.scores.items()}))
+    return replies, scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +144,11 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
     rows["finish_reason"], rows["flagged_at"], rows["reply"] = finishes, stages, replies
+    at_output = rows["flagged_at"].str.contains("output")
+    rows["withheld_reply"], rows["withheld_scores"] = "", ""
+    if at_output.any():
+        withheld = withheld_replies(args.model, rows.loc[at_output, "text"].tolist(), args.max_new_tokens)
+        rows.loc[at_output, "withheld_reply"], rows.loc[at_output, "withheld_scores"] = withheld
     refused = rows["finish_reason"] == "content_filter"
     answer = rows["expected"] == "answer"
     summary = {
@@ -138,6 +165,8 @@ def main() -> None:
     with atomic_file(args.out / "chat_check.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=2))
+    for _, row in rows[at_output].iterrows():
+        print(f"withheld: {row['text']!r} -> {row['withheld_reply']!r} {row['withheld_scores']}")
 
 
 if __name__ == "__main__":
