@@ -61,8 +61,8 @@ def generate_reply(
     """The base model's greedy reply with every adapter disabled.
 
     Without a chat template the prompt is ``preamble`` and a plain transcript, and generation stops
-    where the base starts a turn of its own (``\nuser:`` and the like); the reply is the text
-    before it.
+    where the base starts a turn of its own (a line opening with ``user:`` and the like); the
+    reply is the text before it.
 
     A guard merged into its base is unmerged by PEFT on the first such request (see
     :func:`guardtune.merging.should_merge` for why that is exact enough).
