@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig
 from guardtune.api import Classifier, train
 from guardtune.cli import main
 from guardtune.serve import BackgroundServer, ServeSettings, create_app, load_guards
-from guardtune.serve.chat import cut_at_next_turn, prompt_ids
+from guardtune.serve.chat import cut_at_next_turn, prompt_ids, turn_stops
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings
 
@@ -163,6 +163,11 @@ def test_a_transcript_prompt_starts_with_the_preamble(reference) -> None:
     expected = tokenizer("Be kind.\nuser: gg\nassistant:")["input_ids"]
     assert prompt_ids(tokenizer, messages, "Be kind.\n") == expected
     assert prompt_ids(tokenizer, messages) == tokenizer("user: gg\nassistant:")["input_ids"]
+
+
+def test_the_turn_stops_are_built_once_per_tokenizer(reference) -> None:
+    tokenizer = reference["pii"].method.backbone.tokenizer
+    assert turn_stops(tokenizer)[0] is turn_stops(tokenizer)[0]
 
 
 def test_a_transcript_reply_ends_where_the_base_starts_another_turn() -> None:

@@ -271,6 +271,8 @@ def test_chat_preamble_file_replaces_the_built_in_one(
     preamble.write_bytes(b"\xff\xfe bad")
     with pytest.raises(GuardtuneError, match=r"preamble\.txt: cannot read as UTF-8"):
         read_chat_preamble(preamble)
+    with pytest.raises(GuardtuneError, match=r"--chat-preamble-file .*: cannot read \(Is a directory\)"):
+        read_chat_preamble(tmp_path)
 
     directory = guards["pii"].classifier.directory
     served: list[Any] = []

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Depends
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList, StopStringCriteria
 
 from guardtune.backbone import Backbone
 from guardtune.serve import schemas
@@ -39,6 +39,22 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], preamble: str = "
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
     text = preamble + "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
     return list(tokenizer(text)["input_ids"])
+
+
+# Building a StopStringCriteria reads and sorts the whole vocabulary (0.4 s a request on Gemma's
+# 262k tokens), so it is built once per tokenizer; the tokenizer is kept to make the id stable.
+_TURN_STOPS: dict[int, tuple[Any, StopStringCriteria]] = {}
+
+
+def turn_stops(tokenizer: Any) -> StoppingCriteriaList:
+    """Stopping criteria that end generation at the start of a new transcript turn."""
+    cached = _TURN_STOPS.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        cached = _TURN_STOPS[id(tokenizer)] = (
+            tokenizer,
+            StopStringCriteria(tokenizer, list(TRANSCRIPT_TURNS)),
+        )
+    return StoppingCriteriaList([cached[1]])
 
 
 def cut_at_next_turn(text: str) -> tuple[str, bool]:
@@ -77,19 +93,21 @@ def generate_reply(
         do_sample=False,
         eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        stop_strings=None if has_chat_template(tokenizer) else list(TRANSCRIPT_TURNS),
     )
+    transcript = not has_chat_template(tokenizer)
     with torch.inference_mode(), backbone.peft_model.disable_adapter():
         output = model.generate(
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             generation_config=config,
-            tokenizer=tokenizer,  # for stop_strings
+            stopping_criteria=turn_stops(tokenizer) if transcript else None,
         )
     new = output[0, len(ids) :].tolist()
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [tokenizer.eos_token_id])
     finished = bool(new) and new[-1] in eos_ids
-    text, another_turn = cut_at_next_turn(tokenizer.decode(new, skip_special_tokens=True))
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    # A chat template ends a turn with its own token; a "User:" line inside such a reply is text.
+    text, another_turn = cut_at_next_turn(text) if transcript else (text, False)
     stopped = finished or another_turn or len(new) < max_new_tokens
     return Reply(text.strip(), len(ids), len(new), "stop" if stopped else "length")
 

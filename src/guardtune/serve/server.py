@@ -88,6 +88,9 @@ def run(app: FastAPI, host: str = "127.0.0.1", port: int = 8000, log_level: str 
             timeout_graceful_shutdown=10,
         )
         DrainingServer(config, draining).run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises Ctrl-C after its clean shutdown; uvicorn.run swallowed it, so do we.
+        pass
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -100,7 +100,9 @@ def read_chat_preamble(path: Path) -> str:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise GuardtuneError(f"--chat-preamble-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise GuardtuneError(f"--chat-preamble-file {path}: cannot read as UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise GuardtuneError(f"--chat-preamble-file {path}: cannot read ({exc.strerror or exc})") from exc
     text = text.strip("\n")
     return text + "\n" if text else ""
