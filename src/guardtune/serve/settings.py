@@ -73,6 +73,18 @@ class ServeSettings:
             raise GuardtuneError("; ".join(problems))
 
 
+def read_option_file(path: Path, option: str) -> str:
+    """The UTF-8 text of a file given to ``option``, or a one-line error naming both."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GuardtuneError(f"{option} {path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise GuardtuneError(f"{option} {path}: cannot read as UTF-8 text ({exc})") from exc
+    except OSError as exc:
+        raise GuardtuneError(f"{option} {path}: cannot read ({exc.strerror or exc})") from exc
+
+
 def read_api_key(path: Path) -> str:
     """The API key in ``path`` (surrounding whitespace and the final newline dropped).
 
@@ -81,12 +93,7 @@ def read_api_key(path: Path) -> str:
     Raises:
         GuardtuneError: the file is missing, unreadable, empty or holds more than one line.
     """
-    try:
-        key = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise GuardtuneError(f"--api-key-file {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GuardtuneError(f"--api-key-file {path}: cannot read ({exc})") from exc
+    key = read_option_file(path, "--api-key-file").strip()
     if not key:
         raise GuardtuneError(f"--api-key-file {path}: the file is empty (expected the key on one line)")
     if "\n" in key:
@@ -96,13 +103,5 @@ def read_api_key(path: Path) -> str:
 
 def read_chat_preamble(path: Path) -> str:
     """The chat preamble in ``path`` (UTF-8; an empty file means none), ending in a newline."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GuardtuneError(f"--chat-preamble-file {path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise GuardtuneError(f"--chat-preamble-file {path}: cannot read as UTF-8 text ({exc})") from exc
-    except OSError as exc:
-        raise GuardtuneError(f"--chat-preamble-file {path}: cannot read ({exc.strerror or exc})") from exc
-    text = text.strip("\n")
+    text = read_option_file(path, "--chat-preamble-file").strip("\n")
     return text + "\n" if text else ""
