@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,19 +43,15 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]], preamble: str = "
 
 
 # Building a StopStringCriteria reads and sorts the whole vocabulary (0.4 s a request on Gemma's
-# 262k tokens), so it is built once per tokenizer; the tokenizer is kept to make the id stable.
-_TURN_STOPS: dict[int, tuple[Any, StopStringCriteria]] = {}
+# 262k tokens), so it is built once per tokenizer (tokenizers hash by identity).
+@functools.cache
+def _turn_stop_strings(tokenizer: Any) -> StopStringCriteria:
+    return StopStringCriteria(tokenizer, list(TRANSCRIPT_TURNS))
 
 
 def turn_stops(tokenizer: Any) -> StoppingCriteriaList:
     """Stopping criteria that end generation at the start of a new transcript turn."""
-    cached = _TURN_STOPS.get(id(tokenizer))
-    if cached is None or cached[0] is not tokenizer:
-        cached = _TURN_STOPS[id(tokenizer)] = (
-            tokenizer,
-            StopStringCriteria(tokenizer, list(TRANSCRIPT_TURNS)),
-        )
-    return StoppingCriteriaList([cached[1]])
+    return StoppingCriteriaList([_turn_stop_strings(tokenizer)])
 
 
 def cut_at_next_turn(text: str) -> tuple[str, bool]:
