@@ -147,6 +147,38 @@ def test_the_batcher_retries_a_failed_batch_one_job_at_a_time() -> None:
     np.testing.assert_array_equal(third, [[3.0]])
 
 
+def test_worker_drops_jobs_whose_request_already_timed_out() -> None:
+    scored: list[list[str]] = []
+
+    def score(guard: str, texts: list[str]) -> np.ndarray:
+        scored.append(list(texts))
+        return np.zeros((len(texts), 1))
+
+    batcher = MicroBatcher(score, max_batch_size=16, max_wait_ms=0, max_queue=16)
+    release = threading.Event()
+
+    async def scenario() -> np.ndarray:
+        batcher.start()
+        try:
+            hold = asyncio.ensure_future(batcher.run(release.wait))  # occupy the worker
+            await asyncio.sleep(0.1)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(batcher.score("g", ["timed out"]), timeout=0.1)
+            with pytest.raises(TimeoutError):
+                stale_call = batcher.run(lambda: scored.append(["a call that timed out"]))
+                await asyncio.wait_for(stale_call, timeout=0.1)
+            release.set()
+            await hold
+            result: np.ndarray = await batcher.score("g", ["still waited for"])
+            return result
+        finally:
+            release.set()
+            await asyncio.to_thread(batcher.stop)
+
+    assert asyncio.run(scenario()).shape == (1, 1)
+    assert scored == [["still waited for"]]
+
+
 # --- OpenAI moderation shapes ---------------------------------------------------------------------
 
 

@@ -166,6 +166,8 @@ class MicroBatcher:
 
     def _run_call(self, job: _Job) -> None:
         assert job.call is not None
+        if job.future.done():  # see _run_batch
+            return
         try:
             value, error = job.call(), None
         except Exception as exc:
@@ -174,6 +176,10 @@ class MicroBatcher:
         job.loop.call_soon_threadsafe(_settle, job.future, value, error)
 
     def _run_batch(self, batch: list[_Job]) -> None:
+        # A job whose request already timed out or went away is dropped unscored: under overload,
+        # when timeouts happen, scoring it would only delay the requests still waiting. done() is
+        # read from this thread without the loop's lock; a stale read scores the job once, harmlessly.
+        batch = [job for job in batch if not job.future.done()]
         groups: dict[str, list[_Job]] = {}
         for job in batch:
             assert job.guard is not None
