@@ -154,7 +154,8 @@ def test_worker_drops_jobs_whose_request_already_timed_out() -> None:
         scored.append(list(texts))
         return np.zeros((len(texts), 1))
 
-    batcher = MicroBatcher(score, max_batch_size=16, max_wait_ms=0, max_queue=16)
+    metrics = ServeMetrics()
+    batcher = MicroBatcher(score, max_batch_size=16, max_wait_ms=0, max_queue=16, metrics=metrics)
     release = threading.Event()
 
     async def scenario() -> np.ndarray:
@@ -177,6 +178,8 @@ def test_worker_drops_jobs_whose_request_already_timed_out() -> None:
 
     assert asyncio.run(scenario()).shape == (1, 1)
     assert scored == [["still waited for"]]
+    # The dropped job made no (empty) micro-batch in the metrics.
+    assert metrics.registry.get_sample_value("guardtune_batch_size_count") == 1
 
 
 # --- OpenAI moderation shapes ---------------------------------------------------------------------

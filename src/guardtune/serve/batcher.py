@@ -180,6 +180,8 @@ class MicroBatcher:
         # when timeouts happen, scoring it would only delay the requests still waiting. done() is
         # read from this thread without the loop's lock; a stale read scores the job once, harmlessly.
         batch = [job for job in batch if not job.future.done()]
+        if not batch:
+            return
         groups: dict[str, list[_Job]] = {}
         for job in batch:
             assert job.guard is not None
