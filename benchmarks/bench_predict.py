@@ -694,7 +694,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
         f"all {n} messages where a later dtype picks the label the {dtypes[0]} row picked, and "
         f"'x {dtypes[0]}' its messages/s over that row's (same run). "
-        "int8: the decoder's projections as int8 (torch's quantised linear), the rest as auto.",
+        "int8: the decoder's projections as int8 (oneDNN's packed int8 linear), the rest as auto.",
         f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
         "all its calls count).",
         "peak RSS: "

@@ -195,3 +195,19 @@ def test_bench_engines_refuses_a_guard_of_another_method(
     model = train_tiny_pii_guard(monkeypatch, tiny_base_wide_window, tmp_path)
     with pytest.raises(SystemExit, match="a label-tokens guard is needed \\(found head\\)"):
         load_benchmark("bench_engines").main(["--model", str(model), "--n", "2"])
+
+
+@pytest.mark.skipif(int8_unavailable_reason() is not None, reason="int8 kernels cannot run here")
+def test_bench_int8_kernels_times_every_kernel_against_bf16(tmp_path: Path, one_thread: None) -> None:
+    bench = load_benchmark("bench_int8_kernels")
+    out = tmp_path / "kernels.json"
+    rows = bench.main(
+        [
+            "--rows", "1", "5", "--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "2",
+            "--kv-heads", "1", "--head-dim", "32", "--repeats", "1", "--threads", "1", "--json", str(out),
+        ]
+    )  # fmt: skip
+    assert json.loads(out.read_text()) == rows
+    assert [(r["rows"], r["kernel"]) for r in rows] == [(n, k) for n in (1, 5) for k in bench.KERNELS]
+    assert all(is_number(r["ms"]) and r["ms"] > 0 and is_number(r["speedup_over_bf16"]) for r in rows)
+    assert {r["speedup_over_bf16"] for r in rows if r["kernel"] == "bf16"} == {1.0}

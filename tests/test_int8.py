@@ -69,6 +69,34 @@ def test_int8_linear_matches_the_float_layer() -> None:
 
 
 @needs_int8
+def test_sibling_projections_quantise_their_shared_input_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    names = ("q_proj", "k_proj", "v_proj", "o_proj")
+    linears = {name: nn.Linear(64, 32) for name in names}
+    alone = {name: Int8Linear(linear) for name, linear in linears.items()}
+    shared = {f"0.self_attn.{name}.base_layer": Int8Linear(linear) for name, linear in linears.items()}
+    assert precision.share_inputs(shared) == 1  # q, k, v (under adapters); o reads another input
+    layer = {name: shared[f"0.self_attn.{name}.base_layer"] for name in names}
+    assert layer["o_proj"].shared_input is None and layer["v_proj"].last_reader
+    x, y = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    expected = {name: alone[name](x) for name in names}
+    k_of_y, k_of_2x = alone["k_proj"](y), alone["k_proj"](2 * x)
+    quantised: list[torch.Tensor] = []
+    real = precision.quantise_rows
+    monkeypatch.setattr(precision, "quantise_rows", lambda t: quantised.append(t) or real(t))
+
+    for name in names[:3]:
+        assert torch.equal(layer[name](x), expected[name])
+    assert len(quantised) == 1  # once for q, k and v
+    assert torch.equal(layer["q_proj"](x), expected["q_proj"]) and len(quantised) == 2  # v dropped it
+    # Anything but the very tensor q read is quantised afresh: another tensor, or x written in place.
+    assert torch.equal(layer["k_proj"](y), k_of_y) and len(quantised) == 3
+    layer["q_proj"](x)
+    x.mul_(2)
+    assert torch.equal(layer["k_proj"](x), k_of_2x) and len(quantised) == 5
+
+
+@needs_int8
 def test_int8_labels_agree_with_bf16(model_dir: Path, toy_files: dict[str, Path]) -> None:
     texts = _texts(toy_files)
     bf16 = Classifier.load(model_dir, dtype="bf16")
@@ -97,6 +125,15 @@ def test_a_cpu_without_int8_falls_back_with_a_one_line_warning(
     np.testing.assert_allclose(
         classifier.predict_proba(texts), Classifier.load(model_dir).predict_proba(texts), atol=1e-6
     )
+
+
+def test_a_torch_without_onednn_falls_back_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "cpu_supports_int8", lambda: True)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    reason = precision.int8_unavailable_reason()
+    assert reason is not None and "lacks an int8 kernel" in reason and "qlinear_pointwise" in reason
+    with pytest.warns(UserWarning, match="lacks an int8 kernel"):
+        assert precision.resolve_int8("bf16") is False
 
 
 @needs_int8

@@ -4,11 +4,11 @@
 where the CPU has no native bf16) and runs every linear projection of the decoder layers (q, k,
 v, o, gate, up, down: after the adapter is merged into them) as int8 weights with one scale per
 output channel, and activations quantised to int8 with one scale per token from their observed
-range ("dynamic" quantisation: nothing to calibrate), multiplied by torch's ``_int_mm`` (oneDNN);
+range ("dynamic" quantisation: nothing to calibrate), multiplied by oneDNN's int8 linear
+(``torch.ops.onednn.qlinear_pointwise``, the weights packed once into its layout);
 ``GUARDTUNE_INT8_ACTIVATIONS=tensor`` runs torch's quantised linear (fbgemm / oneDNN, one uint8
-range per call) instead. A single
-message reads half the weight bytes of bf16, and AVX-512 VNNI / AMX run int8 dot products at
-about twice the bf16 rate.
+range per call) instead. A single message reads half the weight bytes of bf16, and AVX-512 VNNI /
+AMX run int8 dot products at about twice the bf16 rate.
 
 Where int8 cannot run (no VNNI or AMX on the CPU, a CUDA device, a torch without the quantised
 ops) the model falls back to its float precision with a one-line warning.
@@ -23,6 +23,7 @@ import mmap
 import os
 import sys
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ DEFAULT_ENGINE = "x86"
 # agreed with bf16 on all validation messages; docs/int8.md has the table that chose it).
 FLOAT_ENV = "GUARDTUNE_INT8_FLOAT"
 DEFAULT_FLOAT: tuple[str, ...] = ()
-# How activations are quantised per call: ``token`` (one int8 range per token, ``torch._int_mm``
+# How activations are quantised per call: ``token`` (one int8 range per token, oneDNN's packed linear
 # with the scales applied after; the default) or ``tensor`` (one uint8 range per call, torch's
 # quantised linear). With one range per call, the few large channels of the MLP's gated
 # activations (``down_proj``'s input) in any token of a batch left every other token a handful of
@@ -57,6 +58,11 @@ ACTIVATION_ENV = "GUARDTUNE_INT8_ACTIVATIONS"
 ACTIVATION_MODES = ("token", "tensor")
 DEFAULT_ACTIVATIONS = "token"
 _LAYER_WORDS = ("first", "last")
+# Per-token activations are symmetric int8 values stored as uint8 with this offset: oneDNN's int8
+# products take unsigned activations and signed weights (the form VNNI multiplies natively).
+ACTIVATION_ZERO_POINT = 128
+# Projections that a decoder layer calls, in this order, on one and the same input tensor.
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
 def cpu_supports_int8() -> bool:
@@ -72,12 +78,15 @@ def int8_unavailable_reason() -> str | None:
     """Why int8 projections cannot run here, or ``None`` when they can."""
     if torch.cuda.is_available():
         return "int8 projections run on the CPU only and this model runs on CUDA"
-    if not all(hasattr(torch, name) for name in ("_int_mm", "quantize_per_channel")) or not hasattr(
-        torch.ops.quantized, "linear_dynamic"
+    onednn = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+    if (
+        not onednn
+        or not hasattr(torch, "quantize_per_channel")
+        or not hasattr(torch.ops.quantized, "linear_dynamic")
     ):
         return (
             f"torch {torch.__version__} lacks an int8 kernel guardtune uses "
-            "(torch._int_mm, torch.ops.quantized.linear_dynamic)"
+            "(torch.ops.onednn.qlinear_pointwise, torch.ops.quantized.linear_dynamic)"
         )
     engines = [e for e in _ENGINES if e in torch.backends.quantized.supported_engines]
     if not engines:
@@ -99,8 +108,8 @@ def resolve_int8(float_name: str) -> bool:
 
 class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` as int8 weights (one scale per output row); activations quantised per
-    token (``token``: ``torch._int_mm``) or per call (``tensor``: torch's quantised linear); input and
-    output keep their float dtype."""
+    token (``token``: oneDNN's packed int8 linear) or per call (``tensor``: torch's quantised
+    linear); input and output keep their float dtype."""
 
     def __init__(
         self, linear: nn.Linear, engine: str = "x86", activations: str = DEFAULT_ACTIVATIONS
@@ -110,14 +119,21 @@ class Int8Linear(nn.Module):
         self.out_features = linear.out_features
         self.engine = engine
         self.activations = activations
+        # Set by quantize_projections on projections that read the same input (q, k, v; gate, up).
+        self.shared_input: SharedInput | None = None
+        self.last_reader = True
         weight = linear.weight.detach().float()
         # Symmetric per-row scales: a row with small weights keeps its resolution when another
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
         scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
         self._bias = None if linear.bias is None else linear.bias.detach().float()
         if activations == "token":
-            self._weight_t = torch.round(weight / scales.float()[:, None]).to(torch.int8).t().contiguous()
+            # Packed once into oneDNN's blocked layout: unpacked int8 weights (``torch._int_mm``)
+            # are reordered on every call, which made a forward pass slower than bf16's.
+            int8_weight = torch.round(weight / scales.float()[:, None]).to(torch.int8)
+            self._packed = torch.ops.onednn.qlinear_prepack(int8_weight, None)
             self._scales = scales.float()
+            self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
             return
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
         previous = torch.backends.quantized.engine
@@ -141,13 +157,27 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype)
 
     def _forward_per_token(self, x: torch.Tensor) -> torch.Tensor:
-        # One scale per token: a message's outlier channels no longer coarsen the others' tokens.
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
-        quantised = torch.round(rows / scale).to(torch.int8)
-        y = torch._int_mm(quantised, self._weight_t).float() * (scale * self._scales)
+        shared = self.shared_input
+        quantised, scale = shared.quantise(x, self.last_reader) if shared else quantise_rows(x)
+        # The kernel applies the weights' scales; the tokens' own scales multiply its result (the
+        # kernel takes one activation scale per call), and the bias comes after them.
+        y = torch.ops.onednn.qlinear_pointwise(
+            quantised,
+            1.0,
+            ACTIVATION_ZERO_POINT,
+            self._packed,
+            self._scales,
+            self._zero_points,
+            None,
+            1.0,
+            0,
+            x.dtype,
+            "none",
+            [],
+            "",
+        ).mul_(scale.to(x.dtype))
         if self._bias is not None:
-            y = y + self._bias
+            y = y.add_(self._bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
@@ -155,6 +185,86 @@ class Int8Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
             f"activations={self.activations}"
         )
+
+
+def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as 8-bit rows (one per token) and their float32 scales: symmetric, one scale per row
+    from the row's largest value, stored as uint8 around :data:`ACTIVATION_ZERO_POINT`."""
+    flat = x.reshape(-1, x.shape[-1])
+    # One scale per token: a message's outlier channels no longer coarsen the others' tokens. The
+    # largest value is exact in x's own dtype (half the bytes of an fp32 copy for bf16), and
+    # abs + amax ran 2-3x faster here than the one-call infinity norm (torch.linalg.vector_norm).
+    scale = flat.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-8).div_(127.0)
+    # One fresh fp32 copy worked on in place: every new tensor of a batch's size costs a fresh
+    # mapping from the allocator, about 3x an in-place pass over it here.
+    # round(v + 128) == round(v) + 128 for |v| <= 127: 128 is even, so ties round alike.
+    rows = flat.to(torch.float32, copy=True).div_(scale).add_(ACTIVATION_ZERO_POINT).round_()
+    return rows.to(torch.uint8), scale
+
+
+class SharedInput:
+    """The quantised form of the input that sibling projections read (q, k and v; gate and up).
+
+    Quantising an activation takes several small operations, which on a single message cost
+    about as much as the int8 product saves; siblings that are called on the same tensor reuse
+    the first one's. The tensor is recognised by identity and version (never by value), so a
+    sibling called on anything else quantises its own input; the last sibling drops the copy.
+    """
+
+    def __init__(self) -> None:
+        self._source: weakref.ref[torch.Tensor] | None = None
+        self._version = -1
+        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def quantise(self, x: torch.Tensor, last_reader: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        source = self._source() if self._source is not None else None
+        version = _version(x)
+        if self._value is not None and source is x and version == self._version:
+            value = self._value
+        else:
+            value = quantise_rows(x)
+            self._source, self._version, self._value = weakref.ref(x), version, value
+        if last_reader:
+            self._source, self._value = None, None
+        return value
+
+
+def _version(x: torch.Tensor) -> int:
+    # Tensors made under inference_mode keep no version counter; nothing in a decoder layer
+    # writes into its input between two sibling projections.
+    return -1 if x.is_inference() else x._version
+
+
+def share_inputs(projections: dict[str, Int8Linear]) -> int:
+    """Let sibling projections (q, k, v; gate, up) that read one input quantise it once.
+
+    Args:
+        projections: per-token int8 projections by their module path (``0.self_attn.q_proj``, or
+            ``0.self_attn.q_proj.base_layer`` under an unmerged adapter).
+
+    Returns:
+        How many groups share an input.
+    """
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, Int8Linear]]] = {}
+    for path, module in projections.items():
+        parts = path.split(".")
+        if parts[-1] == "base_layer":
+            parts = parts[:-1]
+        parent, name = ".".join(parts[:-1]), parts[-1]
+        for siblings in SIBLINGS:
+            if name in siblings:
+                groups.setdefault((parent, siblings), []).append((siblings.index(name), module))
+    shared = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda member: member[0])
+        group = SharedInput()
+        for position, (_, module) in enumerate(members):
+            module.shared_input = group
+            module.last_reader = position == len(members) - 1
+        shared += 1
+    return shared
 
 
 @functools.cache
@@ -255,9 +365,13 @@ def quantize_projections(
             continue
         if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
             parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
-            targets.append((parent, parts[-1], module))
-    for parent, child, linear in targets:
-        setattr(parent, child, Int8Linear(linear, engine, activations))
+            targets.append((name, parent, parts[-1], module))
+    quantised = {}
+    for path, parent, child, linear in targets:
+        quantised[path] = Int8Linear(linear, engine, activations)
+        setattr(parent, child, quantised[path])
         if sys.getrefcount(linear.weight) <= 2:  # the module's own reference and the argument's
             release_pages(linear.weight.data)
+    if activations == "token":
+        share_inputs(quantised)
     return len(targets)

@@ -1,0 +1,163 @@
+"""One forward pass's worth of decoder projections: bf16 against the int8 kernels, same run.
+
+A single message is bound by reading the weights, so the weights here are as many and as large
+as a real base's (Gemma 3 270M's shapes by default: 18 layers of q, k, v, o, gate, up and down,
+200 MB in bf16) and each is read once per pass, never from a warm cache. Per row count (tokens
+in the batch) and kernel, the median time of one pass over every projection:
+
+- ``bf16``: ``torch.nn.functional.linear`` on bf16 weights (what ``--dtype bf16`` runs);
+- ``int8 unpacked``: ``torch._int_mm`` on int8 weights in plain layout (oneDNN reorders them on
+  every call: guardtune's kernel before 2026-12-04);
+- ``int8 packed``: ``torch.ops.onednn.qlinear_pointwise`` on weights packed once into oneDNN's
+  layout (what ``--dtype int8`` runs), bf16 out;
+- ``int8 packed + quantise``: the same with the activations quantised per token first, as
+  :class:`guardtune.precision.Int8Linear` does (q, k, v and gate, up share one quantisation).
+
+Activations are random: only the time means anything. Ratios are to the bf16 row of the same run.
+
+    python benchmarks/bench_int8_kernels.py --rows 1 12 64 448 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from guardtune.precision import ACTIVATION_ZERO_POINT, int8_unavailable_reason, quantise_rows
+
+KERNELS = ("bf16", "int8 unpacked", "int8 packed", "int8 packed + quantise")
+
+
+def layer_shapes(
+    hidden: int, intermediate: int, heads: int, kv_heads: int, head_dim: int
+) -> list[tuple[int, int]]:
+    """(in, out) of one decoder layer's projections in call order: q, k, v, o, gate, up, down."""
+    q, kv = heads * head_dim, kv_heads * head_dim
+    mlp_in = (hidden, intermediate)
+    return [(hidden, q), (hidden, kv), (hidden, kv), (q, hidden), mlp_in, mlp_in, (intermediate, hidden)]
+
+
+def reads_shared_input(index: int) -> bool:
+    """Whether projection ``index`` of a layer reuses the previous one's quantised input (k, v; up)."""
+    return index % 7 in (1, 2, 5)
+
+
+def build_passes(shapes: list[tuple[int, int]], rows: int) -> dict[str, Callable[[], None]]:
+    """One callable per kernel that runs every projection once on ``rows`` tokens."""
+    generator = torch.Generator().manual_seed(0)
+    weights = [torch.randn(n, k, generator=generator, dtype=torch.bfloat16) * 0.02 for k, n in shapes]
+    int8 = [torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8) for k, n in shapes]
+    transposed = [w.t().contiguous() for w in int8]
+    packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in int8]
+    scales = [torch.rand(n, generator=generator) / 100 for _, n in shapes]
+    zeros = [torch.zeros(n, dtype=torch.long) for _, n in shapes]
+    inputs = {k: torch.randn(rows, k, generator=generator, dtype=torch.bfloat16) for k, _ in shapes}
+    int8_inputs = {
+        k: torch.randint(-127, 128, (rows, k), generator=generator, dtype=torch.int8) for k in inputs
+    }
+    uint8_inputs = {k: quantise_rows(x)[0] for k, x in inputs.items()}
+    del int8  # only the layouts the kernels read stay in memory
+
+    def linear(q: torch.Tensor, i: int, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return torch.ops.onednn.qlinear_pointwise(
+            q,
+            1.0,
+            ACTIVATION_ZERO_POINT,
+            packed[i],
+            scales[i],
+            zeros[i],
+            None,
+            1.0,
+            0,
+            out_dtype,
+            "none",
+            [],
+            "",
+        )
+
+    def bf16() -> None:
+        for i, (k, _) in enumerate(shapes):
+            F.linear(inputs[k], weights[i])
+
+    def unpacked() -> None:
+        for i, (k, _) in enumerate(shapes):
+            torch._int_mm(int8_inputs[k], transposed[i])
+
+    def packed_only() -> None:
+        for i, (k, _) in enumerate(shapes):
+            linear(uint8_inputs[k], i)
+
+    def packed_quantised() -> None:
+        quantised, scale = quantise_rows(inputs[shapes[0][0]])
+        for i, (k, _) in enumerate(shapes):
+            if not reads_shared_input(i):
+                quantised, scale = quantise_rows(inputs[k])
+            linear(quantised, i).mul_(scale.to(torch.bfloat16))
+
+    return dict(zip(KERNELS, (bf16, unpacked, packed_only, packed_quantised), strict=True))
+
+
+def median_ms(run: Callable[[], None], repeats: int) -> float:
+    with torch.inference_mode():
+        for _ in range(2):
+            run()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, object]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 12, 64, 448], help="tokens per call")
+    parser.add_argument("--layers", type=int, default=18)
+    parser.add_argument("--hidden", type=int, default=640)
+    parser.add_argument("--intermediate", type=int, default=2048)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--kv-heads", type=int, default=1)
+    parser.add_argument("--head-dim", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args(argv)
+    reason = int8_unavailable_reason()
+    if reason is not None:
+        sys.exit(f"bench_int8_kernels: {reason}")
+    torch.set_num_threads(args.threads)
+    shapes = (
+        layer_shapes(args.hidden, args.intermediate, args.heads, args.kv_heads, args.head_dim) * args.layers
+    )
+    megabytes = sum(k * n for k, n in shapes) * 2 / 1e6
+    print(
+        f"{len(shapes)} projections, {megabytes:.0f} MB in bf16, {args.threads} threads,",
+        "torch",
+        torch.__version__,
+    )
+    print("| rows | kernel | ms per pass | x bf16 |\n|---:|---|---:|---:|")
+    results: list[dict[str, object]] = []
+    for rows in args.rows:
+        passes = build_passes(shapes, rows)
+        timings = {name: median_ms(run, args.repeats) for name, run in passes.items()}
+        for name, ms in timings.items():
+            speedup = timings["bf16"] / ms
+            results.append(
+                {"rows": rows, "kernel": name, "ms": round(ms, 3), "speedup_over_bf16": round(speedup, 3)}
+            )
+            print(f"| {rows} | {name} | {ms:.2f} | {speedup:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
