@@ -302,12 +302,15 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     from guardtune.infer import reused_prefix
     from guardtune.precision import FLOAT_ENV
 
-    dtype, _, keep_float = spec["dtype"].partition(":")
+    name, _, suffix = spec["dtype"].partition("+")
+    if suffix not in ("", "compile"):
+        raise SystemExit(f"--dtypes {spec['dtype']}: expected DTYPE[:PARTS][+compile]")
+    dtype, _, keep_float = name.partition(":")
     previous = os.environ.get(FLOAT_ENV)
     if keep_float:
         os.environ[FLOAT_ENV] = keep_float  # read once, when the projections are quantised
     try:
-        classifier = Classifier.load(spec["model"], dtype=dtype)
+        classifier = Classifier.load(spec["model"], dtype=dtype, compiled=suffix == "compile")
     finally:
         if keep_float and previous is None:
             del os.environ[FLOAT_ENV]
@@ -317,7 +320,11 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
     batch_size = spec["batch_size"]
+    warm_up = time.perf_counter()
     classifier.predict_proba(texts[:batch_size], batch_size=batch_size)  # warm-up (prefix cache too)
+    if suffix == "compile":  # a single message compiles a graph of its own
+        classifier.predict_proba(texts[0])
+    warm_up_seconds = time.perf_counter() - warm_up
     started = time.perf_counter()
     scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False)
     seconds = time.perf_counter() - started
@@ -341,6 +348,7 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         "macro_f1": macro_f1(names, labels, predicted),
         "note": f"projections {classifier.precision}, rest {method.backbone.dtype}; "
         f"RSS {load_rss:.0f} MB once loaded"
+        + (f"; decoder compiled, {warm_up_seconds:.0f} s of warm-up" if suffix == "compile" else "")
         + (f"; prompt prefix of {reused} tokens reused" if reused else ""),
     }
 
@@ -576,7 +584,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nargs="+",
         help="guardtune's dtypes, a (c) row each per method; later ones are compared with the first "
         "(default: --dtype and int8). int8:PARTS sets GUARDTUNE_INT8_FLOAT=PARTS for that row "
-        "(what stays float, e.g. int8:none, int8:down_proj,first)",
+        "(what stays float, e.g. int8:none, int8:down_proj,first); a +compile suffix compiles the "
+        "decoder (e.g. int8+compile; head models)",
     )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=2048)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from guardtune.backbone import Backbone, load_backbone
+from guardtune.compiled import check_compilable, compile_decoder
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE, Calibration, calibrated_task, read_calibration
 from guardtune.infer import predict_scores
@@ -71,6 +72,7 @@ class Classifier:
         device: str = "auto",
         device_map: str | dict[str, Any] | None = None,
         max_memory: str | dict[Any, str] | None = None,
+        compiled: bool = False,
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -96,12 +98,16 @@ class Classifier:
                 :mod:`guardtune.device_map`); ``device`` stays ``auto``. The adapter and the head
                 are put beside the layers they belong to.
             max_memory: with a ``device_map`` strategy, memory per device (``{0: "20GiB"}``).
+            compiled: compile the decoder with ``torch.compile`` (``head`` models on a base of
+                their own): faster once compiled, after minutes of compiling in the first calls
+                (see :mod:`guardtune.compiled`).
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, a bad
                 ``calibration.json``, a shared base whose projections are already int8, a
-                ``device_map`` with a shared ``backbone``, or a ``device_map`` refused by
-                :func:`guardtune.backbone.load_backbone`.
+                ``device_map`` with a shared ``backbone``, a ``device_map`` refused by
+                :func:`guardtune.backbone.load_backbone`, or ``compiled`` for a method other than
+                ``head``, on a shared ``backbone`` or without a C++ compiler.
         """
         directory = Path(directory)
         manifest = read_manifest(directory)
@@ -109,6 +115,8 @@ class Classifier:
         method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
         calibration = read_calibration(directory, manifest.task)
         owns_backbone = backbone is None
+        if compiled:
+            check_compilable(manifest.method, owns_backbone)
         if backbone is not None and (device_map is not None or max_memory is not None):
             raise GuardtuneError(
                 f"{directory}: device_map places a base this call loads; the shared backbone given "
@@ -138,6 +146,8 @@ class Classifier:
             merge_for_inference(backbone, method.adapter_name)
         if owns_backbone and backbone.int8:
             quantize_projections(backbone.model)
+        if compiled:
+            compile_decoder(backbone.model)
         _check_calibration_precision(directory, calibration, backbone.precision)
         return cls(method, manifest, directory, calibration)
 

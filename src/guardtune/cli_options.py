@@ -42,6 +42,14 @@ InferenceDtypeOption = Annotated[
         "(CPUs with VNNI / AMX), the rest as auto.",
     ),
 ]
+CompileOption = Annotated[
+    bool,
+    typer.Option(
+        "--compile/--no-compile",
+        help="Compile the decoder (torch.compile; head models): faster on long runs, after minutes "
+        "of compiling in the first batches.",
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]
 LabelledDataOption = Annotated[Path, typer.Option(help="Labelled rows (CSV, JSONL, Parquet).")]
 ModelOption = Annotated[Path, typer.Option(help="Model directory.")]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from guardtune.cli_options import (
+    CompileOption,
     DeviceMapOption,
     DeviceOption,
     InferenceDtypeOption,
@@ -48,15 +49,14 @@ def eval_command(
             help="Column whose values group rows for per-group metrics (default: family, if present)."
         ),
     ] = None,
+    compiled: CompileOption = False,
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
-    from guardtune.api import Classifier, evaluate
+    from guardtune.api import evaluate
     from guardtune.eval import groups_rich_table, metrics_rich_table
 
     reading = _long_text(long_text)
-    classifier = Classifier.load(
-        model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
-    )
+    classifier = _load(model, dtype, device, device_map, max_memory, compiled)
     classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir, group_by=group_by)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
@@ -119,6 +119,19 @@ def calibrate(
     out.print(f"Wrote {model / 'calibration.json'}")
 
 
+def _load(
+    model: Path, dtype: str, device: str, device_map: str | None, max_memory: str | None, compiled: bool
+) -> Any:
+    from guardtune.api import Classifier
+
+    classifier = Classifier.load(
+        model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, compiled=compiled
+    )
+    if compiled:
+        out.print("--compile: the first batches compile the decoder (minutes on a few CPU cores)")
+    return classifier
+
+
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -151,13 +164,16 @@ def predict(
     cpus_per_actor: Annotated[float, typer.Option(help="ray engine: CPUs reserved per actor.")] = 1.0,
     gpus_per_actor: Annotated[float, typer.Option(help="ray engine: GPUs reserved per actor.")] = 0.0,
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
+    compiled: CompileOption = False,
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
-    from guardtune.api import Classifier, predict_file
+    from guardtune.api import predict_file
 
     reading = _long_text(long_text)
     if reading is not None and engine != "local":
         raise GuardtuneError("--long-text: supported with --engine local only")
+    if compiled and engine != "local":
+        raise GuardtuneError("--compile: supported with --engine local only")
     if (device != "auto" or device_map is not None) and engine != "local":
         flag = "--device" if device != "auto" else "--device-map"
         raise GuardtuneError(
@@ -183,9 +199,7 @@ def predict(
             dtype=dtype,
         )
     elif engine == "local":
-        classifier = Classifier.load(
-            model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory
-        )
+        classifier = _load(model, dtype, device, device_map, max_memory, compiled)
         classifier.long_text = reading
         counts = predict_file(classifier, data, out_file, batch_size=batch_size)
     else:

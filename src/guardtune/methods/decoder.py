@@ -56,7 +56,8 @@ def decoder_states(
 ) -> Any:
     """Run the decoder (with the method's adapter active) and return its output object.
 
-    ``cache`` continues an earlier call's key/value cache (see :func:`output_cache`).
+    ``cache`` continues an earlier call's key/value cache (see :func:`output_cache`); the output
+    carries a cache only with ``use_cache=True``.
     """
     peft_model = method.backbone.peft_model
     activate(peft_model, method.adapter_name, training=method.training)
@@ -64,6 +65,10 @@ def decoder_states(
     decoder = base_model.get_decoder()
     if cache is not None:
         kwargs[_cache_argument(decoder.__class__)] = cache
+    # A key/value cache only when asked for: by default the decoder would build one on every call
+    # (Gemma 3's sliding-window layers slice it by the message's length, which also made a
+    # compiled decoder recompile for short batches).
+    kwargs.setdefault("use_cache", False)
     return decoder(
         input_ids=input_ids,
         attention_mask=attention_mask,

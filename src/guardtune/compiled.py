@@ -1,0 +1,73 @@
+"""``--compile``: the decoder of a classifier compiled by ``torch.compile`` for long prediction runs.
+
+In eager mode a short message spends most of its time between the matrix products: each of the
+decoder's several hundred small operations (norms, rotary embedding, attention, dtype casts) is a
+separate call. TorchInductor fuses them into a few generated C++ kernels, and with ``freezing``
+it treats the weights as constants, which is also what lets it keep the int8 projections' packed
+oneDNN weights (:class:`guardtune.precision.Int8Linear`) in the graph. The price is compile time:
+two graphs (a single message, and batches of any size and length, through dynamic shapes), a few
+minutes on a 2-core CPU, paid by the first calls of each process. So it pays off on files of tens
+of thousands of messages, not on a quick check; docs/int8.md has the figures.
+
+Only the ``head`` method: the prompt methods continue a cached prompt prefix or decode token by
+token, shapes that would compile graphs of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from guardtune.errors import GuardtuneError
+from guardtune.precision import Int8Linear
+
+COMPILABLE_METHODS = ("head",)
+
+
+def check_compilable(method_name: str, owns_backbone: bool) -> None:
+    """Refuse ``--compile`` in one line where it cannot run (before the base loads)."""
+    if method_name not in COMPILABLE_METHODS:
+        raise GuardtuneError(
+            f"--compile: supported for the {', '.join(COMPILABLE_METHODS)} method only, not {method_name!r}"
+        )
+    if not owns_backbone:
+        raise GuardtuneError("--compile: needs a base of its own, not a shared backbone")
+    _check_compiler()
+
+
+def _check_compiler() -> None:
+    # Inductor writes C++ for the CPU and builds it with the system compiler; without one the
+    # first call would fail deep inside torch.
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as exc:  # torch raises several kinds for a missing compiler
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GuardtuneError(f"--compile: needs a C++ compiler for TorchInductor ({first_line})") from exc
+
+
+def compile_decoder(model: Any) -> None:
+    """Compile the decoder of ``model`` (a causal LM or a PEFT model around one) in place.
+
+    Sets TorchInductor's ``freezing`` for the whole process (weights become constants of the
+    graphs, which the int8 projections need) and turns off duck shaping of dynamic sizes. Sibling
+    int8 projections stop sharing their quantised input in Python
+    (:class:`guardtune.precision.SharedInput`); the compiler fuses the quantisation into the
+    surrounding kernels instead. Call :func:`check_compilable` first.
+    """
+    import torch._inductor.config as inductor_config
+    import torch.fx.experimental._config as shape_config
+
+    inductor_config.freezing = True
+    # Without this a first batch whose size equals its padded length (32 messages of 32 tokens)
+    # gets a graph that assumes they are equal, and the next batch compiles a third one.
+    shape_config.use_duck_shape = False
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    for module in base.modules():
+        if isinstance(module, Int8Linear):
+            module.shared_input = None
+    decoder = base.get_decoder()
+    decoder.forward = torch.compile(decoder.forward, dynamic=True)
