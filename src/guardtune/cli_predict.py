@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,6 +19,9 @@ from guardtune.cli_options import (
     out,
 )
 from guardtune.errors import GuardtuneError
+
+if TYPE_CHECKING:
+    from guardtune.classifier import Classifier
 
 LONG_TEXT_OPTION = typer.Option(
     help="Texts over the max length: head-tail (keep both ends) or windows (score overlapping "
@@ -121,7 +124,7 @@ def calibrate(
 
 def _load(
     model: Path, dtype: str, device: str, device_map: str | None, max_memory: str | None, compiled: bool
-) -> Any:
+) -> Classifier:
     from guardtune.api import Classifier
 
     classifier = Classifier.load(
