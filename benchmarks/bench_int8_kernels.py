@@ -96,9 +96,8 @@ def build_passes(shapes: list[tuple[int, int]], rows: int) -> dict[str, Callable
             linear(uint8_inputs[k], i)
 
     def packed_quantised() -> None:
-        quantised, scale = quantise_rows(inputs[shapes[0][0]])
         for i, (k, _) in enumerate(shapes):
-            if not reads_shared_input(i):
+            if not reads_shared_input(i):  # projection 0 of a layer is never a sharing reader
                 quantised, scale = quantise_rows(inputs[k])
             linear(quantised, i).mul_(scale.to(torch.bfloat16))
 

@@ -175,7 +175,7 @@ def predict(
     reading = _long_text(long_text)
     if reading is not None and engine != "local":
         raise GuardtuneError("--long-text: supported with --engine local only")
-    if compiled and engine != "local":
+    if compiled and engine == "ray":
         raise GuardtuneError("--compile: supported with --engine local only")
     if (device != "auto" or device_map is not None) and engine != "local":
         flag = "--device" if device != "auto" else "--device-map"

@@ -207,7 +207,8 @@ class SharedInput:
 
     Quantising an activation takes several small operations, which on a single message cost
     about as much as the int8 product saves; siblings that are called on the same tensor reuse
-    the first one's. The tensor is recognised by identity and version (never by value), so a
+    the first one's. The tensor is recognised by identity (never by value), and by its version
+    where it keeps one (tensors made under ``inference_mode``, as in prediction, do not), so a
     sibling called on anything else quantises its own input; the last sibling drops the copy.
     """
 
