@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from guardtune.errors import GuardtuneError
-from guardtune.precision import Int8Linear
+from guardtune.precision import Int8Linear, causal_lm
 
 COMPILABLE_METHODS = ("head",)
 
@@ -64,8 +64,7 @@ def compile_decoder(model: Any) -> None:
     # Without this a first batch whose size equals its padded length (32 messages of 32 tokens)
     # gets a graph that assumes they are equal, and the next batch compiles a third one.
     shape_config.use_duck_shape = False
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
+    base = causal_lm(model)
     for module in base.modules():
         if isinstance(module, Int8Linear):
             module.shared_input = None

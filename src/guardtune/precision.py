@@ -295,10 +295,14 @@ def release_pages(tensor: torch.Tensor) -> None:
         madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
 
 
-def _decoder_layers(model: nn.Module) -> nn.Module:
+def causal_lm(model: nn.Module) -> Any:
+    """The causal LM itself: ``model``, or the one inside a PEFT model."""
     get_base = getattr(model, "get_base_model", None)
-    base: Any = get_base() if callable(get_base) else model
-    return base.get_decoder().layers
+    return get_base() if callable(get_base) else model
+
+
+def _decoder_layers(model: nn.Module) -> nn.Module:
+    return causal_lm(model).get_decoder().layers
 
 
 def is_quantized(model: nn.Module) -> bool:
