@@ -108,7 +108,12 @@ def test_quote_wraps_condemn_as_safe_and_endorse_as_unsafe_the_same_hateful_post
 
 
 def test_quote_frames_file_has_disjoint_train_and_val_pools(augment: ModuleType, tmp_path: Path) -> None:
-    for path, kinds in ((augment.QUOTE_FRAMES, ("condemn", "endorse")), (augment.TACTIC_FRAMES, ("tactic",))):
+    files = (
+        (augment.QUOTE_FRAMES, ("condemn", "endorse")),
+        (augment.TACTIC_FRAMES, ("tactic",)),
+        (augment.STORY_FRAMES, ("story",)),
+    )
+    for path, kinds in files:
         frames = augment.load_frames(path, kinds)
         for kind in kinds:
             assert frames[kind]["train"] and frames[kind]["val"]
@@ -142,6 +147,9 @@ def test_tactic_wraps_frame_harmful_and_benign_requests_alike(augment: ModuleTyp
     # Multi-line instructions and hateful posts are never framed as requests.
     assert not wrapped["text"].str.contains("step one|group insult").any()
     assert augment.tactic_wraps(train, count=0, frames=["{text}"], seed=0).empty
+    stories = augment.tactic_wraps(train, count=2, frames=["Once upon a time: {text}"], seed=0, tag="story")
+    assert set(stories["source"]) <= {"harmbench+story", "nq_open_dev+story", "phtest_harmless+story"}
+    assert set(stories["label"]) == {"safe", "unsafe"}
 
 
 def test_an_unknown_source_category_stops_the_script(prepare: ModuleType) -> None:

@@ -33,6 +33,9 @@ QUOTE_FRAMES = Path(__file__).with_name("quote_frames.yaml")
 # Fiction, hypothetical and pressure framings of a request, the ways jailbreaks dress one up (see
 # tactic_wraps).
 TACTIC_FRAMES = Path(__file__).with_name("tactic_frames.yaml")
+# Longer framings: a request inside a short story with a persona, stakes and pressure (see
+# tactic_wraps with tag "story").
+STORY_FRAMES = Path(__file__).with_name("story_frames.yaml")
 # Benign requests for tactic frames: plain questions, and harmless prompts that look harmful.
 TACTIC_BENIGN = ["nq_open_dev", "phtest_harmless"]
 REQUEST_CHARS = 300  # longest request framed: longer ones are instructions, not requests
@@ -159,13 +162,16 @@ def quote_wraps(split: pd.DataFrame, count: int, frames: dict[str, list[str]], s
     return pd.concat([condemned, endorsed])
 
 
-def tactic_wraps(split: pd.DataFrame, count: int, frames: list[str], seed: int) -> pd.DataFrame:
+def tactic_wraps(
+    split: pd.DataFrame, count: int, frames: list[str], seed: int, tag: str = "tactic"
+) -> pd.DataFrame:
     """``count`` harmful and ``count`` benign requests of ``split`` in jailbreak-style framings.
 
     A fiction, hypothetical, research or urgency framing ("for a novel I am writing, ...") does not
     change what a request asks for; the guard must score the request inside it. Benign requests
     come from plain questions and from harmless prompts that look harmful, in the same framings,
-    so the framing alone decides nothing. Rows keep their label and categories; source ``+tactic``.
+    so the framing alone decides nothing. Rows keep their label and categories; source ``+<tag>``
+    (``tactic`` for tactic_frames.yaml, ``story`` for the longer story_frames.yaml).
     """
     if count <= 0:
         return split.iloc[:0]
@@ -174,7 +180,7 @@ def tactic_wraps(split: pd.DataFrame, count: int, frames: list[str], seed: int) 
     benign = short[short["source"].isin(TACTIC_BENIGN) & (short["label"] == "safe")]
     return pd.concat(
         [
-            frame_rows(harmful, count, frames, seed, "tactic"),
-            frame_rows(benign, count, frames, seed + 1, "tactic"),
+            frame_rows(harmful, count, frames, seed, tag),
+            frame_rows(benign, count, frames, seed + 1, tag),
         ]
     )

@@ -11,8 +11,9 @@ adds to the training split harmful and benign requests wrapped in role-play pers
 (``--persona-wraps``; see wrap_requests) and single benign sentences of the role-play prompts
 (``--persona-sentences``), hateful posts quoted to condemn them (safe) or to endorse them
 (unsafe) (``--quote-wraps``) and harmful and benign requests in jailbreak-style framings
-(``--tactic-wraps``) (all in augment.py), and shortens in-domain texts longer than
-``--max-chars`` to their two ends (see shorten):
+(``--tactic-wraps``) and inside short persuasive stories (``--story-wraps``) (all in
+augment.py), and shortens in-domain texts longer than ``--max-chars`` to their two ends (see
+shorten):
 
     OUT/train.csv, OUT/val.csv, OUT/test.csv   random split of the in-domain sources (80/10/10)
     OUT/heldout.csv                             every row of the held-out sources
@@ -41,6 +42,7 @@ from guardtune.atomic import atomic_dir
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment import (
     QUOTE_FRAMES,
+    STORY_FRAMES,
     TACTIC_FRAMES,
     load_frames,
     persona_sentences,
@@ -278,6 +280,13 @@ def main() -> None:
         help="harmful and as many benign training requests in fiction, hypothetical or pretext "
         "framings; validation gets an eighth, from framings training never uses (0: none)",
     )
+    parser.add_argument(
+        "--story-wraps",
+        type=int,
+        default=0,
+        help="harmful and as many benign training requests inside short stories with a persona, "
+        "stakes and pressure; validation gets an eighth, from stories training never uses (0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not (args.data / "build.py").is_file():
@@ -315,6 +324,12 @@ def main() -> None:
         tactics = load_frames(TACTIC_FRAMES, ("tactic",))["tactic"]
         augmented.append(tactic_wraps(train, args.tactic_wraps, tactics["train"], args.seed))
         val_augmented.append(tactic_wraps(val, max(1, args.tactic_wraps // 8), tactics["val"], args.seed))
+    if args.story_wraps > 0:
+        stories = load_frames(STORY_FRAMES, ("story",))["story"]
+        augmented.append(tactic_wraps(train, args.story_wraps, stories["train"], args.seed + 2, "story"))
+        val_augmented.append(
+            tactic_wraps(val, max(1, args.story_wraps // 8), stories["val"], args.seed + 2, "story")
+        )
     val = pd.concat([val, *val_augmented])
     train = pd.concat([train, *augmented])
     # Held-out sources stay whole, as in every earlier run, so their figures compare.

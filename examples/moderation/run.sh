@@ -17,6 +17,7 @@ PERSONA_SENTENCES=${PERSONA_SENTENCES:-600} # single benign sentences of role-pl
 MAX_CHARS=${MAX_CHARS:-4000}               # longer in-domain texts keep their two ends (0: whole)
 QUOTE_WRAPS=${QUOTE_WRAPS:-600}            # hateful posts quoted to condemn (safe) and to endorse (unsafe)
 TACTIC_WRAPS=${TACTIC_WRAPS:-600}          # harmful and benign requests in fiction / pretext framings
+STORY_WRAPS=${STORY_WRAPS:-0}              # harmful and benign requests inside short persuasive stories
 # Training (guardtune train)
 BASE=${BASE:-gemma-3-270m}                 # the embedded default, or an HF model dir / .gguf file
 STEPS=${STEPS:-600}                        # optimizer steps
@@ -33,7 +34,7 @@ MAX_FPR=${MAX_FPR:-0.05}                   # the threshold: highest recall at th
 python examples/moderation/prepare.py --data "$DATA" --out "$OUT/data" --seed "$SEED" --cap "$CAP" \
   --source-cap "$SOURCE_CAPS" --persona-wraps "$PERSONA_WRAPS" --persona-sentences "$PERSONA_SENTENCES" \
   --max-chars "$MAX_CHARS" --quote-wraps "$QUOTE_WRAPS" \
-  --tactic-wraps "$TACTIC_WRAPS"
+  --tactic-wraps "$TACTIC_WRAPS" --story-wraps "$STORY_WRAPS"
 guardtune train --task moderation --train "$OUT/data/train.csv" --val "$OUT/data/val.csv" \
   --out "$OUT/model" --base "$BASE" --max-steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" --lr "$LR" \
   --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" --lora-targets "$LORA_TARGETS" --seed "$SEED" --overwrite
