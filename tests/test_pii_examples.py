@@ -80,6 +80,9 @@ def test_template_cv_setting_parser() -> None:
     assert cv.parse_setting("long:max_steps=240,calibrate=1") == ("long", {"max_steps": 240, "calibrate": 1})
     settings = cv.settings_for("pii-categories", {"lora_r": 8, "calibrate": 1}, seed=2)
     assert settings.lora.alpha == 16 and settings.max_steps == 240 and settings.seed == 2
+    smoothed = cv.settings_for("pii-intent", {"label_smoothing": 0.2, "lora_dropout": 0.1}, seed=0)
+    assert smoothed.label_smoothing == 0.2 and smoothed.lora.dropout == 0.1 and smoothed.lora.r == 16
+    assert cv.settings_for("pii-intent", {}, seed=0).label_smoothing == 0.1  # the quickstart's
     with pytest.raises(GuardtuneError, match="max_steps: expected a number, found 'a'"):
         cv.parse_setting("x:max_steps=a")
     with pytest.raises(GuardtuneError, match="unknown key 'steps'"):

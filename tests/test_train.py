@@ -1,4 +1,5 @@
-"""The training loop: resume from a light checkpoint, distillation from a teacher's soft labels."""
+"""The training loop: resume from a light checkpoint, distillation from a teacher's soft labels,
+label smoothing."""
 
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from transformers import TrainerCallback
 
 from guardtune.api import label_file, train
@@ -14,6 +16,7 @@ from guardtune.backbone import load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, get_method
+from guardtune.methods.losses import multi_label_loss, single_label_loss
 from guardtune.task import load_task, task_from_dict
 from guardtune.train import TrainSettings, fit
 
@@ -119,3 +122,47 @@ def test_distill_without_teacher_scores_is_refused(
     settings = TrainSettings(max_steps=1, dtype="fp32", distill=(0.5, 2.0))
     with pytest.raises(GuardtuneError, match="no teacher scores"):
         train(SHORT_PROMPT, toy_files["train"], tmp_path / "m", base=tiny_base, settings=settings)
+
+
+def test_label_smoothing_reaches_the_loss_of_each_method(tiny_base: str, tmp_path: Path) -> None:
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    gold = torch.tensor([0, 1])
+    log_p = torch.log_softmax(logits, dim=-1)
+    # (1 - e) * CE(gold) + e * the mean over labels of -log p: torch's definition, written out.
+    expected = (0.8 * -log_p[[0, 1], gold] + 0.2 * -log_p.mean(dim=1)).mean()
+    torch.testing.assert_close(single_label_loss(logits, gold, smoothing=0.2), expected)
+    multi_gold = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    ones = torch.ones(3)
+    torch.testing.assert_close(
+        multi_label_loss(logits, multi_gold, ones, smoothing=0.2),
+        nn.functional.binary_cross_entropy_with_logits(logits, multi_gold * 0.8 + 0.1),
+    )
+    backbone = load_backbone(tiny_base, dtype="fp32")
+    method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
+    settings = TrainSettings(max_steps=1, batch_size=2, dtype="fp32", label_smoothing=0.3)
+    fit(method, ["hi there", "whats ur snap"], ["none", "asking"], settings, tmp_path / "work")
+    batch = method.collate(method.features(["hi there", "whats ur snap"], ["none", "asking"]))
+    output = method(**batch)
+    torch.testing.assert_close(
+        output["loss"], nn.functional.cross_entropy(output["logits"], batch["labels"], label_smoothing=0.3)
+    )
+
+
+def test_label_smoothing_is_refused_where_it_cannot_apply(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(GuardtuneError, match=r"--label-smoothing: expected a number in \[0, 1\), found 1.0"):
+        TrainSettings(label_smoothing=1.0)
+    settings = TrainSettings(max_steps=1, dtype="fp32", label_smoothing=0.1)
+    with pytest.raises(
+        GuardtuneError, match="--label-smoothing: the generate method trains on exact answers"
+    ):
+        train(
+            SHORT_PROMPT,
+            toy_files["train"],
+            tmp_path / "m",
+            base=tiny_base,
+            method="generate",
+            settings=settings,
+        )
+    assert not (tmp_path / "m").exists()

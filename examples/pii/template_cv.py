@@ -11,7 +11,8 @@ these figures; the chosen ones are then measured once on the real check set.
         --setting baseline: --setting steps150:max_steps=150 --setting lr1e-3:learning_rate=1e-3
 
 Each ``--setting NAME:key=value,...`` overrides the quickstart's TrainSettings (``max_steps``,
-``learning_rate``, ``batch_size``, ``max_length``, ``lora_r``); ``calibrate=1`` also fits the
+``learning_rate``, ``batch_size``, ``max_length``, ``label_smoothing``, ``lora_r``,
+``lora_dropout``); ``calibrate=1`` also fits the
 calibration on the validation rows, as ``guardtune calibrate`` does, and scores the dev rows again
 with it. Results go to ``OUT/results.jsonl`` (one line per setting and seed) and a table on the
 terminal.
@@ -38,8 +39,7 @@ from guardtune.api import calibrate, evaluate, train
 from guardtune.backbone import load_backbone
 from guardtune.data.synth.families import phrasing_key, template_frame
 from guardtune.errors import GuardtuneError
-from guardtune.methods.lora import LoraSettings
-from guardtune.quickstart import DEFAULT_STEPS, write_data
+from guardtune.quickstart import quickstart_settings, write_data
 from guardtune.train import TrainSettings
 
 OPTIONAL_POOLS = ("multi", "frames")
@@ -48,7 +48,9 @@ _NUMBERS = {
     "batch_size": int,
     "max_length": int,
     "learning_rate": float,
+    "label_smoothing": float,
     "lora_r": int,
+    "lora_dropout": float,
     "calibrate": int,  # 1: fit temperature and (multi-label) max-F1 thresholds on the validation rows
 }
 
@@ -70,11 +72,14 @@ def parse_setting(spec: str) -> tuple[str, dict[str, Any]]:
 
 def settings_for(task: str, overrides: dict[str, Any], seed: int) -> TrainSettings:
     """The quickstart's training settings for ``task`` with ``overrides``."""
-    values = {k: v for k, v in overrides.items() if k != "calibrate"}
-    lora = LoraSettings(r=values.pop("lora_r"), alpha=2 * overrides["lora_r"]) if "lora_r" in values else None
-    quickstart = TrainSettings(max_steps=DEFAULT_STEPS[task], batch_size=16)
-    settings = replace(quickstart, seed=seed, **values)
-    return replace(settings, lora=lora) if lora else settings
+    values = {k: v for k, v in overrides.items() if k != "calibrate" and not k.startswith("lora_")}
+    settings = replace(quickstart_settings(task, seed), **values)
+    lora = settings.lora
+    if "lora_r" in overrides:
+        lora = replace(lora, r=overrides["lora_r"], alpha=2 * overrides["lora_r"])
+    if "lora_dropout" in overrides:
+        lora = replace(lora, dropout=overrides["lora_dropout"])
+    return replace(settings, lora=lora)
 
 
 def _frames_shared_across_pools(pools: dict[str, list[str]]) -> bool:

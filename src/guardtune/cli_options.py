@@ -121,6 +121,12 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
     ),
     TrainingOption("seed", int, "Random seed.", "seed"),
     TrainingOption(
+        "label_smoothing",
+        float,
+        "Share of the gold label spread over all labels in the loss (0: none).",
+        "label_smoothing",
+    ),
+    TrainingOption(
         "distill",
         str | None,
         "ALPHA,TEMPERATURE: mix KL to the teacher's p_<label> columns into the loss.",

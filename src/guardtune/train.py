@@ -78,6 +78,9 @@ class TrainSettings:
     quantize: str | None = None
     # (alpha, temperature): mix KL to a teacher's soft labels into the loss.
     distill: tuple[float, float] | None = None
+    # Share of the gold label's probability spread evenly over all labels in the training target
+    # (single-label: torch's cross-entropy label smoothing; multi-label: targets y(1-e) + e/2).
+    label_smoothing: float = 0.0
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -103,6 +106,8 @@ class TrainSettings:
         if self.dtype not in ("auto", "bf16", "fp32"):
             # int8 projections are frozen: they serve predict, eval, calibrate and serve only.
             problems.append(f"--dtype: training runs in auto, bf16 or fp32, found {self.dtype!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            problems.append(f"--label-smoothing: expected a number in [0, 1), found {self.label_smoothing}")
         if self.distill is not None:
             alpha, temperature = self.distill
             if not 0.0 <= alpha <= 1.0 or temperature <= 0:
@@ -300,6 +305,7 @@ def fit(
     if settings.distill is not None and soft_labels is None:
         raise GuardtuneError("--distill: the training file has no teacher scores (p_<label> columns)")
     method.distill = settings.distill
+    method.label_smoothing = settings.label_smoothing
     teacher = soft_labels if settings.distill is not None else None
     train_set = _RowsDataset(method.features(train_texts, train_labels, teacher))
     val_set = None

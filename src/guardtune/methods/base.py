@@ -71,6 +71,7 @@ class LoraMethod(nn.Module, ABC):
         prompt: the task's instruction prompt, for methods that read one (exports template it).
         longest_answer: tokens a method decodes after the prompt (room kept free for them).
         distill: ``(alpha, temperature)`` of a teacher's soft labels; set by training.
+        label_smoothing: share of the gold label spread over all labels in the loss; set by training.
     """
 
     name: ClassVar[str]  # set by register_method
@@ -90,6 +91,7 @@ class LoraMethod(nn.Module, ABC):
         self.task = task
         self.max_length = max_length
         self.distill: tuple[float, float] | None = None
+        self.label_smoothing = 0.0
         self.shared_prefix: list[int] = []
         self.prompt: PromptEncoder | None = None
         self.longest_answer = 0

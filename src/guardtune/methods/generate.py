@@ -160,6 +160,8 @@ class GenerateMethod(PromptMethod):
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         if soft_labels is not None:
             raise GuardtuneError("--distill: the generate method trains on exact answers only")
+        if self.label_smoothing:
+            raise GuardtuneError("--label-smoothing: the generate method trains on exact answers only")
         rows = []
         for prompt_ids, label in zip(self.encode(texts), labels, strict=True):
             answer = self.by_text[self.answer_text(label)].tokens

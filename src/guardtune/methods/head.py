@@ -137,10 +137,18 @@ class HeadMethod(LoraMethod):
         output = {"logits": logits}
         if labels is not None:
             if self.task.mode == "single":
-                output["loss"] = single_label_loss(logits, labels, soft_labels, self.distill)
+                output["loss"] = single_label_loss(
+                    logits, labels, soft_labels, self.distill, self.label_smoothing
+                )
             else:
                 output["loss"] = multi_label_loss(
-                    logits, labels, self.get_buffer("pos_weight"), soft_labels, self.distill, label_mask
+                    logits,
+                    labels,
+                    self.get_buffer("pos_weight"),
+                    soft_labels,
+                    self.distill,
+                    label_mask,
+                    self.label_smoothing,
                 )
         return output
 

@@ -110,7 +110,9 @@ class LabelTokensMethod(PromptMethod):
         logits = self.label_logits(input_ids, attention_mask)
         output = {"logits": logits}
         if labels is not None:
-            output["loss"] = single_label_loss(logits, labels, soft_labels, self.distill)
+            output["loss"] = single_label_loss(
+                logits, labels, soft_labels, self.distill, self.label_smoothing
+            )
         return output
 
     def scores(

@@ -40,13 +40,16 @@ def single_label_loss(
     labels: torch.Tensor,
     soft_labels: torch.Tensor | None = None,
     distill: tuple[float, float] | None = None,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy on the gold label, mixed with KL to a teacher's soft labels when distilling.
 
     ``distill = (alpha, temperature)``: ``(1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)``,
     where ``teacher_T`` is the teacher's distribution re-tempered as ``softmax(log p / T)``.
+    ``smoothing``: the gold target is ``1 - smoothing`` on the gold label and ``smoothing`` spread
+    evenly over all labels (torch's ``label_smoothing``).
     """
-    hard = nn.functional.cross_entropy(logits, labels.long())
+    hard = nn.functional.cross_entropy(logits, labels.long(), label_smoothing=smoothing)
     if soft_labels is None or distill is None:
         return hard
     alpha, temperature = distill
@@ -63,15 +66,18 @@ def multi_label_loss(
     soft_labels: torch.Tensor | None = None,
     distill: tuple[float, float] | None = None,
     label_mask: torch.Tensor | None = None,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Weighted BCE on the gold labels, mixed with BCE to a teacher's tempered scores.
 
     ``label_mask`` (rows, labels) leaves unknown gold values (0.0) out of both terms.
+    ``smoothing``: each gold value ``y`` becomes ``y * (1 - smoothing) + smoothing / 2``.
     """
     mask = torch.ones_like(logits) if label_mask is None else label_mask.to(logits.dtype)
     known = mask.sum().clamp_min(1.0)
+    gold = labels.float() * (1 - smoothing) + smoothing / 2
     hard = nn.functional.binary_cross_entropy_with_logits(
-        logits, labels.float(), pos_weight=pos_weight, reduction="none"
+        logits, gold, pos_weight=pos_weight, reduction="none"
     )
     hard = (hard * mask).sum() / known
     if soft_labels is None or distill is None:
