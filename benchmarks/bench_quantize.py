@@ -65,12 +65,14 @@ def quantize_arg(mode: str) -> str | None:
 
 def train_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one mode's model as the quickstart does; the loop's time and this process's peak RSS."""
+    from dataclasses import replace
+
     from guardtune.api import train
-    from guardtune.train import TrainSettings
+    from guardtune.quickstart import quickstart_settings
 
     data = Path(spec["data"])
-    settings = TrainSettings(
-        max_steps=spec["steps"], batch_size=16, seed=spec["seed"], quantize=quantize_arg(spec["mode"])
+    settings = replace(
+        quickstart_settings(spec["task"], spec["seed"], spec["steps"]), quantize=quantize_arg(spec["mode"])
     )
     started = time.perf_counter()
     report = train(

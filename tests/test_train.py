@@ -137,14 +137,37 @@ def test_label_smoothing_reaches_the_loss_of_each_method(tiny_base: str, tmp_pat
         multi_label_loss(logits, multi_gold, ones, smoothing=0.2),
         nn.functional.binary_cross_entropy_with_logits(logits, multi_gold * 0.8 + 0.1),
     )
+    # A rare label's weight (up to 20) weighs its positive rows; a negative row's best score stays
+    # at smoothing / 2 and a positive's at 1 - smoothing / 2 (the loss is flat there).
+    for gold_value, best in ((0.0, 0.05), (1.0, 0.95)):
+        logit = torch.logit(torch.tensor([[best]])).requires_grad_()
+        multi_label_loss(logit, torch.tensor([[gold_value]]), torch.tensor([20.0]), smoothing=0.1).backward()
+        assert logit.grad is not None and abs(float(logit.grad)) < 1e-6
     backbone = load_backbone(tiny_base, dtype="fp32")
-    method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 16)
+    texts, labels = ["hi there", "whats ur snap"], ["none", "asking"]
     settings = TrainSettings(max_steps=1, batch_size=2, dtype="fp32", label_smoothing=0.3)
-    fit(method, ["hi there", "whats ur snap"], ["none", "asking"], settings, tmp_path / "work")
-    batch = method.collate(method.features(["hi there", "whats ur snap"], ["none", "asking"]))
+    for name, task in (("head", TASK), ("label-tokens", SHORT_PROMPT)):
+        method = get_method(name).create(backbone, task, LoraSettings(r=2), 16)
+        fit(method, texts, labels, settings, tmp_path / name)
+        batch = method.collate(method.features(texts, labels))
+        output = method(**batch)
+        torch.testing.assert_close(
+            output["loss"],
+            nn.functional.cross_entropy(output["logits"], batch["labels"], label_smoothing=0.3),
+        )
+    moderation = load_task("moderation")
+    method = get_method("head").create(
+        backbone, moderation, LoraSettings(r=2), 16, [[], ["unsafe", "violence"]]
+    )
+    fit(method, ["hi there", "i will hurt you"], [[], ["unsafe", "violence"]], settings, tmp_path / "multi")
+    batch = method.collate(method.features(["hi there", "i will hurt you"], [[], ["unsafe", "violence"]]))
     output = method(**batch)
-    torch.testing.assert_close(
-        output["loss"], nn.functional.cross_entropy(output["logits"], batch["labels"], label_smoothing=0.3)
+    weights = method.get_buffer("pos_weight")
+    mask = batch.get("label_mask")
+    expected = multi_label_loss(output["logits"], batch["labels"], weights, label_mask=mask, smoothing=0.3)
+    torch.testing.assert_close(output["loss"], expected)
+    assert not torch.allclose(
+        output["loss"], multi_label_loss(output["logits"], batch["labels"], weights, label_mask=mask)
     )
 
 

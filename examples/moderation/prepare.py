@@ -326,6 +326,7 @@ def main() -> None:
         val_augmented.append(tactic_wraps(val, max(1, args.tactic_wraps // 8), tactics["val"], args.seed))
     if args.story_wraps > 0:
         stories = load_frames(STORY_FRAMES, ("story",))["story"]
+        # Another seed than tactic wraps', so the stories do not frame the same sampled requests.
         augmented.append(tactic_wraps(train, args.story_wraps, stories["train"], args.seed + 2, "story"))
         val_augmented.append(
             tactic_wraps(val, max(1, args.story_wraps // 8), stories["val"], args.seed + 2, "story")

@@ -13,6 +13,7 @@ from guardtune.atomic import atomic_file
 from guardtune.backbone import DEFAULT_BASE, load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.methods import get_method
+from guardtune.methods.base import check_label_smoothing
 from guardtune.task import TaskSpec, load_task
 from guardtune.train import TrainSettings
 
@@ -36,9 +37,10 @@ def compare_methods(
         One row per method: macro-F1, per-class F1, training examples/s, prediction messages/s.
     """
     spec = task if isinstance(task, TaskSpec) else load_task(task)
-    for name in methods:
-        get_method(name)  # unknown names fail before any training starts
     settings = settings or TrainSettings()
+    for name in methods:
+        # Unknown names and settings a method cannot take fail before any training starts.
+        check_label_smoothing(get_method(name), settings.label_smoothing)
     out = Path(out)
     # One base for every method, loaded as `train` would load it (quantised when asked).
     backbone = load_backbone(base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize)

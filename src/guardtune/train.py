@@ -31,7 +31,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.backbone import DEVICES
 from guardtune.errors import GuardtuneError
-from guardtune.methods.base import LoraMethod
+from guardtune.methods.base import LoraMethod, check_label_smoothing
 from guardtune.methods.lora import LoraSettings
 from guardtune.quantize import QUANTIZE_MODES
 
@@ -304,6 +304,7 @@ def fit(
             raise GuardtuneError(f"--resume: no checkpoint in {work_dir} to resume from")
     if settings.distill is not None and soft_labels is None:
         raise GuardtuneError("--distill: the training file has no teacher scores (p_<label> columns)")
+    check_label_smoothing(type(method), settings.label_smoothing)
     method.distill = settings.distill
     method.label_smoothing = settings.label_smoothing
     teacher = soft_labels if settings.distill is not None else None

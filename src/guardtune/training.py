@@ -27,6 +27,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.eval.model_card import write_model_card
 from guardtune.evaluation import score_examples
 from guardtune.methods import DEFAULT_METHOD, get_method
+from guardtune.methods.base import check_label_smoothing
 from guardtune.modeldir import Manifest
 from guardtune.task import TaskSpec, load_task
 
@@ -98,6 +99,7 @@ def train(
     if out.exists() and not overwrite:
         raise GuardtuneError(f"{out}: already exists (choose another --out or pass --overwrite)")
     method_cls = get_method(method)
+    check_label_smoothing(method_cls, settings.label_smoothing)
     if backbone is None:
         resolve_device(settings.device)  # a missing GPU fails here, before data and processes
     train_rows = load_examples(train_path, spec)

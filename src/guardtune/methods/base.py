@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from guardtune.backbone import Backbone
+from guardtune.errors import GuardtuneError
 from guardtune.methods.decoder import PrefixCache, PrefixState
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.prompting import PromptEncoder
@@ -45,12 +46,15 @@ class MethodInfo:
             ``causal-lm``.
         card_usage: Markdown for the "How to use" section of an export's README; ``{activation}``
             becomes the line that turns logits into probabilities.
+        label_smoothing: whether the method's loss takes ``--label-smoothing`` (methods trained on
+            exact answer tokens do not).
     """
 
     description: str
     export_formats: tuple[ExportFormat, ...] = ()
     merged_as: MergedForm | None = None
     card_usage: str = ""
+    label_smoothing: bool = True
 
     def __post_init__(self) -> None:
         if ("merged" in self.export_formats) != (self.merged_as is not None):
@@ -59,6 +63,12 @@ class MethodInfo:
             raise ValueError("MethodInfo: a gguf export is the merged causal LM (merged_as='causal-lm')")
         if self.export_formats and not self.card_usage:
             raise ValueError("MethodInfo: an exportable method needs card_usage for the export's README")
+
+
+def check_label_smoothing(method: type[LoraMethod], smoothing: float) -> None:
+    """Refuse ``--label-smoothing`` for a method whose loss cannot take it, before any training."""
+    if smoothing and not method.info.label_smoothing:
+        raise GuardtuneError(f"--label-smoothing: the {method.name} method trains on exact answers only")
 
 
 class LoraMethod(nn.Module, ABC):

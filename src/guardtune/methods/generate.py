@@ -89,6 +89,7 @@ class GenerateMethod(PromptMethod):
         export_formats=("merged", "gguf"),
         merged_as="causal-lm",
         card_usage=USAGE,
+        label_smoothing=False,
     )
     logits_in_forward = False
 
@@ -160,8 +161,6 @@ class GenerateMethod(PromptMethod):
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         if soft_labels is not None:
             raise GuardtuneError("--distill: the generate method trains on exact answers only")
-        if self.label_smoothing:
-            raise GuardtuneError("--label-smoothing: the generate method trains on exact answers only")
         rows = []
         for prompt_ids, label in zip(self.encode(texts), labels, strict=True):
             answer = self.by_text[self.answer_text(label)].tokens
