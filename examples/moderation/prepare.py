@@ -320,17 +320,16 @@ def main() -> None:
         val_frames = {stance: pools["val"] for stance, pools in quotes.items()}
         augmented.append(quote_wraps(train, args.quote_wraps, train_frames, args.seed))
         val_augmented.append(quote_wraps(val, max(1, args.quote_wraps // 8), val_frames, args.seed))
-    if args.tactic_wraps > 0:
-        tactics = load_frames(TACTIC_FRAMES, ("tactic",))["tactic"]
-        augmented.append(tactic_wraps(train, args.tactic_wraps, tactics["train"], args.seed))
-        val_augmented.append(tactic_wraps(val, max(1, args.tactic_wraps // 8), tactics["val"], args.seed))
-    if args.story_wraps > 0:
-        stories = load_frames(STORY_FRAMES, ("story",))["story"]
-        # Another seed than tactic wraps', so the stories do not frame the same sampled requests.
-        augmented.append(tactic_wraps(train, args.story_wraps, stories["train"], args.seed + 2, "story"))
-        val_augmented.append(
-            tactic_wraps(val, max(1, args.story_wraps // 8), stories["val"], args.seed + 2, "story")
-        )
+    # Stories draw with another seed than tactic framings, so they do not frame the same requests.
+    framings = (
+        ("tactic", TACTIC_FRAMES, args.tactic_wraps, args.seed),
+        ("story", STORY_FRAMES, args.story_wraps, args.seed + 2),
+    )
+    for kind, path, count, seed in framings:
+        if count > 0:
+            frames = load_frames(path, (kind,))[kind]
+            augmented.append(tactic_wraps(train, count, frames["train"], seed, kind))
+            val_augmented.append(tactic_wraps(val, max(1, count // 8), frames["val"], seed, kind))
     val = pd.concat([val, *val_augmented])
     train = pd.concat([train, *augmented])
     # Held-out sources stay whole, as in every earlier run, so their figures compare.

@@ -90,8 +90,7 @@ def run_quickstart(
     if task not in SYNTH_TASKS:
         raise GuardtuneError(f"--task: expected one of {', '.join(SYNTH_TASKS)}, found {task!r}")
     console = console or Console()
-    if max_steps is None:
-        max_steps = DEFAULT_STEPS[task]
+    settings = quickstart_settings(task, seed, max_steps)  # bad settings stop before the base loads
     started = time.perf_counter()
     out_dir = Path(out_dir)
     console.rule("[bold]guardtune quickstart")
@@ -107,8 +106,7 @@ def run_quickstart(
         f"from held-out templates, in {out_dir / 'data'}"
     )
 
-    console.print(f"3/5 Training a LoRA classifier ({max_steps} steps)")
-    settings = quickstart_settings(task, seed, max_steps)
+    console.print(f"3/5 Training a LoRA classifier ({settings.max_steps} steps)")
     report = train(
         task,
         paths["train"],
