@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import load_script, run_cli
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from guardtune import precision
@@ -18,6 +19,7 @@ from guardtune.api import Classifier, calibrate, train
 from guardtune.backbone import load_backbone
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE
+from guardtune.methods.lora import merge_for_inference
 from guardtune.precision import Int8Linear, quantize_projections
 from guardtune.serve import load_guards
 from guardtune.task import load_task
@@ -199,6 +201,28 @@ def test_predict_cli_takes_dtype_int8(
     assert code == 0
     expected = Classifier.load(model_dir, dtype="bf16").predict(_texts(toy_files))
     assert pd.read_csv(out)["label"].tolist() == [p.label for p in expected]  # type: ignore[union-attr]
+
+
+@needs_int8
+def test_merging_each_projection_as_it_is_quantised_scores_as_merging_first(
+    model_dir: Path, toy_files: dict[str, Path]
+) -> None:
+    texts = _texts(toy_files)
+    scores = []
+    for interleaved in (False, True):
+        classifier = Classifier.load(model_dir, dtype="fp32", merge=False)
+        backbone, adapter = classifier.method.backbone, classifier.method.adapter_name
+        # down_proj stays float: its adapter must be merged all the same.
+        if interleaved:
+            quantize_projections(backbone.model, keep_float=("down_proj",), merge_adapter=adapter)
+        else:
+            merge_for_inference(backbone, adapter)
+            quantize_projections(backbone.model, keep_float=("down_proj",))
+        lora_layers = [m for m in backbone.model.modules() if isinstance(m, LoraLayer)]
+        assert len(lora_layers) == 14 and all(m.merged for m in lora_layers)
+        assert len(_int8_layers(classifier)) == 12
+        scores.append(classifier.predict_proba(texts))
+    np.testing.assert_array_equal(scores[0], scores[1])
 
 
 def test_training_refuses_int8(tiny_base: str) -> None:

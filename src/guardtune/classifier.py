@@ -18,11 +18,10 @@ from guardtune.compiled import check_compilable, compile_decoder
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE, Calibration, calibrated_task, read_calibration
 from guardtune.infer import predict_scores
-from guardtune.merging import should_merge
+from guardtune.merging import prepare_for_inference, should_merge
 from guardtune.methods import LoraMethod, get_method
-from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
-from guardtune.precision import is_quantized, quantize_projections
+from guardtune.precision import is_quantized
 from guardtune.task import TaskSpec
 
 
@@ -143,10 +142,11 @@ class Classifier:
         # One merge policy with the server (see guardtune.merging for why bf16 merges too).
         if merge is None:
             merge = should_merge(backbone, sole_adapter=owns_backbone, bare_base_needed=False)
-        if merge:
-            merge_for_inference(backbone, method.adapter_name)
-        if owns_backbone and backbone.int8:
-            quantize_projections(backbone.model)
+        prepare_for_inference(
+            backbone,
+            merge_adapter=method.adapter_name if merge else None,
+            int8=owns_backbone and backbone.int8,
+        )
         if compiled:
             compile_decoder(backbone.model)
         _check_calibration_precision(directory, calibration, backbone.precision)

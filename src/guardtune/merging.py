@@ -22,6 +22,8 @@ extra matmuls on every projection.
 from __future__ import annotations
 
 from guardtune.backbone import Backbone
+from guardtune.methods.lora import activate, merge_for_inference
+from guardtune.precision import quantize_projections
 
 
 def should_merge(backbone: Backbone, *, sole_adapter: bool, bare_base_needed: bool) -> bool:
@@ -35,3 +37,22 @@ def should_merge(backbone: Backbone, *, sole_adapter: bool, bare_base_needed: bo
     if not sole_adapter or backbone.quantize is not None:
         return False
     return not (backbone.int8 and bare_base_needed)
+
+
+def prepare_for_inference(backbone: Backbone, merge_adapter: str | None, int8: bool) -> None:
+    """Fold ``merge_adapter`` into the base (None: adapters stay apart), then, with ``int8``,
+    quantise the decoder's projections.
+
+    Both at once merge each projection just before it is quantised, so only one projection's
+    merged float weights are resident at a time: merging all of them first held the whole
+    decoder's merged bf16 weights beside their int8 copies (about 100 MB more peak on Gemma 3
+    270M).
+    """
+    if merge_adapter is not None and int8:
+        activate(backbone.peft_model, merge_adapter)
+        quantize_projections(backbone.model, merge_adapter=merge_adapter)
+        return
+    if merge_adapter is not None:
+        merge_for_inference(backbone, merge_adapter)
+    if int8:
+        quantize_projections(backbone.model)

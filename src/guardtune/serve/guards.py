@@ -10,11 +10,9 @@ from typing import Any
 from guardtune.backbone import Backbone, load_backbone
 from guardtune.classifier import Classifier
 from guardtune.errors import GuardtuneError
-from guardtune.merging import should_merge
+from guardtune.merging import prepare_for_inference, should_merge
 from guardtune.methods import get_method
-from guardtune.methods.lora import merge_for_inference
 from guardtune.modeldir import MANIFEST, read_manifest
-from guardtune.precision import quantize_projections
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -97,8 +95,10 @@ def load_guards(
     for backbone in backbones.values():
         hosted = [g for g in guards.values() if g.backbone is backbone]
         # The chat path runs the bare base (adapters off), so the policy hears it is needed.
-        if should_merge(backbone, sole_adapter=len(hosted) == 1, bare_base_needed=True):
-            merge_for_inference(backbone, hosted[0].classifier.method.adapter_name)
-        if backbone.int8:
-            quantize_projections(backbone.model)
+        merge = should_merge(backbone, sole_adapter=len(hosted) == 1, bare_base_needed=True)
+        prepare_for_inference(
+            backbone,
+            merge_adapter=hosted[0].classifier.method.adapter_name if merge else None,
+            int8=backbone.int8,
+        )
     return guards
