@@ -39,6 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -300,22 +301,17 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     """(c) guardtune: Classifier.predict_proba (length-bucketed batches, prefix reuse, no LM head)."""
     from guardtune.classifier import Classifier
     from guardtune.infer import reused_prefix
-    from guardtune.precision import FLOAT_ENV
+    from guardtune.precision import ACTIVATION_ENV, FLOAT_ENV
 
     name, _, suffix = spec["dtype"].partition("+")
     if suffix not in ("", "compile"):
-        raise SystemExit(f"--dtypes {spec['dtype']}: expected DTYPE[:PARTS][+compile]")
+        raise SystemExit(f"--dtypes {spec['dtype']}: expected DTYPE[:PARTS][@ACTIVATIONS][+compile]")
+    name, _, activations = name.partition("@")
     dtype, _, keep_float = name.partition(":")
-    previous = os.environ.get(FLOAT_ENV)
-    if keep_float:
-        os.environ[FLOAT_ENV] = keep_float  # read once, when the projections are quantised
-    try:
+    # Read once, when the projections are quantised.
+    row_env = {FLOAT_ENV: keep_float, ACTIVATION_ENV: activations}
+    with mock.patch.dict(os.environ, {key: value for key, value in row_env.items() if value}):
         classifier = Classifier.load(spec["model"], dtype=dtype, compiled=suffix == "compile")
-    finally:
-        if keep_float and previous is None:
-            del os.environ[FLOAT_ENV]
-        elif keep_float and previous is not None:
-            os.environ[FLOAT_ENV] = previous
     load_rss = current_rss_mb()
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
@@ -584,8 +580,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         nargs="+",
         help="guardtune's dtypes, a (c) row each per method; later ones are compared with the first "
         "(default: --dtype and int8). int8:PARTS sets GUARDTUNE_INT8_FLOAT=PARTS for that row "
-        "(what stays float, e.g. int8:none, int8:down_proj,first); a +compile suffix compiles the "
-        "decoder (e.g. int8+compile; head models)",
+        "(what stays float, e.g. int8:none, int8:down_proj,first), int8@MODE sets "
+        "GUARDTUNE_INT8_ACTIVATIONS=MODE (token, tensor, weights); a +compile suffix compiles the "
+        "decoder (e.g. int8+compile, int8@weights+compile; head models)",
     )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -703,7 +700,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
         f"all {n} messages where a later dtype picks the label the {dtypes[0]} row picked, and "
         f"'x {dtypes[0]}' its messages/s over that row's (same run). "
-        "int8: the decoder's projections as int8 (oneDNN's packed int8 linear), the rest as auto.",
+        "int8: the decoder's projections as int8 (oneDNN's packed int8 linear, activations int8 per "
+        "token), the rest as auto; int8@weights: int8 weights, float activations.",
         f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
         "all its calls count).",
         "peak RSS: "

@@ -29,27 +29,40 @@ def model_dir(tiny_base: str, toy_files: dict[str, Path], tmp_path_factory: pyte
 
 @pytest.fixture
 def inductor_freezing():
-    """compile_decoder sets TorchInductor's freezing and dynamo's duck shaping for the process;
-    later tests get them back as they were."""
+    """compile_decoder sets TorchInductor's freezing, C++ wrapper and autotuning and dynamo's duck
+    shaping for the process; later tests get them back as they were."""
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as shape_config
 
-    before = inductor_config.freezing, shape_config.use_duck_shape
+    names = ("freezing", "cpp_wrapper", "max_autotune")
+    before = [getattr(inductor_config, name) for name in names], shape_config.use_duck_shape
     yield
-    inductor_config.freezing, shape_config.use_duck_shape = before
+    for name, value in zip(names, before[0], strict=True):
+        setattr(inductor_config, name, value)
+    shape_config.use_duck_shape = before[1]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "int8@weights"])
 def test_a_compiled_decoder_scores_as_the_eager_one(
-    model_dir: Path, toy_files: dict[str, Path], dtype: str, inductor_freezing: None
+    model_dir: Path,
+    toy_files: dict[str, Path],
+    dtype: str,
+    inductor_freezing: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    dtype, _, activations = dtype.partition("@")
     if dtype == "int8" and precision.int8_unavailable_reason() is not None:
         pytest.skip(f"int8 cannot run here: {precision.int8_unavailable_reason()}")
+    if activations:
+        monkeypatch.setenv(precision.ACTIVATION_ENV, activations)
     texts = pd.read_csv(toy_files["test"])["text"].tolist()[:24]
     eager = Classifier.load(model_dir, dtype=dtype)
     compiled = Classifier.load(model_dir, dtype=dtype, compiled=True)
     decoder = compiled.method.backbone.peft_model.get_base_model().get_decoder()
     assert hasattr(decoder.forward, "_torchdynamo_orig_callable")  # the decoder is what got compiled
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.freezing and inductor_config.cpp_wrapper and inductor_config.max_autotune
     # A batch (padded, dynamic shapes) and a single message (its own graph), then batches of other
     # sizes and lengths: no third graph.
     from torch._dynamo.utils import counters

@@ -2,6 +2,7 @@
 calibration knows the precision it was fitted in."""
 
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -53,7 +54,7 @@ def test_int8_linear_matches_the_float_layer() -> None:
     linear = nn.Linear(96, 48, bias=True)
     x = torch.randn(3, 5, 96)
     expected = linear(x)
-    for activations in ("token", "tensor"):
+    for activations in ("token", "tensor", "weights"):
         got = Int8Linear(linear, activations=activations)(x)
         assert got.shape == expected.shape and got.dtype == x.dtype
         # int8 weights and activations: about 1% of the output's scale, never the float result.
@@ -65,9 +66,11 @@ def test_int8_linear_matches_the_float_layer() -> None:
     expected = linear(x)[1:]
     errors = {
         a: (Int8Linear(linear, activations=a)(x)[1:] - expected).abs().max().item()
-        for a in ("token", "tensor")
+        for a in ("token", "tensor", "weights")
     }
     assert errors["token"] < errors["tensor"] / 4
+    # Float activations: only the weights' rounding is left.
+    assert errors["weights"] < errors["token"]
 
 
 @needs_int8
@@ -275,17 +278,22 @@ def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
         result = bench.main(
             [
                 "--model", str(model_dir), "--data", str(toy_files["test"]), "--guardtune-only",
-                "--dtypes", "fp32", "int8", "--n", "40", "--latency-n", "2", "--batch-size", "8",
-                "--matmul-size", "64", "--threads", "1", "--no-isolate", "--work", str(tmp_path),
+                "--dtypes", "fp32", "int8", "int8@weights", "--n", "40", "--latency-n", "2",
+                "--batch-size", "8", "--matmul-size", "64", "--threads", "1", "--no-isolate",
+                "--work", str(tmp_path),
             ]
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    float_row, int8_row = result["paths"]
+    float_row, int8_row, weights_row = result["paths"]
     assert [(r["kind"], r["dtype"]) for r in result["paths"]] == [
         ("guardtune", "fp32"),
         ("guardtune", "int8"),
+        ("guardtune", "int8@weights"),
     ]
+    # The row's activation mode is set while its model loads, and for no other row.
+    assert precision.ACTIVATION_ENV not in os.environ
+    assert 0.0 <= weights_row["agreement_with_reference"] <= 1.0
     # The first 40 rows of the file, scored against its gold labels.
     assert result["config"]["n"] == 40 and result["config"]["data"] == str(toy_files["test"])
     gold = pd.read_csv(toy_files["test"])["label"].tolist()[:40]
@@ -350,5 +358,7 @@ def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch
     with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_FLOAT='mlp': expected 'none' or"):
         precision.int8_float_parts()
     monkeypatch.setenv(precision.ACTIVATION_ENV, "row")
-    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token or tensor"):
+    with pytest.raises(
+        GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token, tensor or weights"
+    ):
         quantize_projections(load_backbone(tiny_base, dtype="fp32").model)

@@ -53,9 +53,12 @@ DEFAULT_FLOAT: tuple[str, ...] = ()
 # with the scales applied after; the default) or ``tensor`` (one uint8 range per call, torch's
 # quantised linear). With one range per call, the few large channels of the MLP's gated
 # activations (``down_proj``'s input) in any token of a batch left every other token a handful of
-# levels: 94% agreement with bf16 on validation against 100% per token.
+# levels: 94% agreement with bf16 on validation against 100% per token. ``weights`` keeps the
+# activations in float (int8 weights only, ``torch._weight_int8pack_mm``): a third of the score
+# change of ``token``, and with ``--compile`` the fastest single message, but slower than bf16 in
+# eager mode, where torch's kernel for it is slow (docs/int8.md).
 ACTIVATION_ENV = "GUARDTUNE_INT8_ACTIVATIONS"
-ACTIVATION_MODES = ("token", "tensor")
+ACTIVATION_MODES = ("token", "tensor", "weights")
 DEFAULT_ACTIVATIONS = "token"
 _LAYER_WORDS = ("first", "last")
 # Per-token activations are symmetric int8 values stored as uint8 with this offset: oneDNN's int8
@@ -127,6 +130,12 @@ class Int8Linear(nn.Module):
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
         scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
         self._bias = None if linear.bias is None else linear.bias.detach().float()
+        if activations == "weights":
+            # Plain int8 rows and their scales: Inductor packs them into its own layout when the
+            # decoder is compiled with freezing.
+            self._int8_weight = torch.round(weight / scales.float()[:, None]).to(torch.int8)
+            self._weight_scales = scales.float()
+            return
         if activations == "token":
             # Packed once into oneDNN's blocked layout: unpacked int8 weights (``torch._int_mm``)
             # are reordered on every call, which made a forward pass slower than bf16's.
@@ -149,6 +158,12 @@ class Int8Linear(nn.Module):
             torch.backends.quantized.engine = previous
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activations == "weights":
+            flat = x.reshape(-1, self.in_features)
+            y = torch._weight_int8pack_mm(flat, self._int8_weight, self._weight_scales.to(x.dtype))
+            if self._bias is not None:
+                y = y + self._bias.to(x.dtype)
+            return y.reshape(*x.shape[:-1], self.out_features)
         if self.activations == "token":
             return self._forward_per_token(x)
         # The quantised linear takes and returns fp32; reduce_range=False is exact on VNNI / AMX
@@ -366,7 +381,7 @@ def quantize_projections(
     engine = engine or int8_engine()
     activations = os.environ.get(ACTIVATION_ENV) or DEFAULT_ACTIVATIONS
     if activations not in ACTIVATION_MODES:
-        raise GuardtuneError(f"{ACTIVATION_ENV}={activations!r}: expected token or tensor")
+        raise GuardtuneError(f"{ACTIVATION_ENV}={activations!r}: expected token, tensor or weights")
     keep = int8_float_parts() if keep_float is None else keep_float
     layers = _decoder_layers(model)
     count = len(list(layers.children()))
