@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import run_cli
 
+from guardtune import compiled as compiled_module
 from guardtune import precision
 from guardtune.api import Classifier, train
 from guardtune.errors import GuardtuneError
@@ -63,6 +64,10 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
     import torch._inductor.config as inductor_config
 
     assert inductor_config.freezing and inductor_config.cpp_wrapper and inductor_config.max_autotune
+    monkeypatch.setenv(compiled_module.AUTOTUNE_ENV, "0")
+    Classifier.load(model_dir, dtype=dtype, compiled=True)
+    assert not inductor_config.max_autotune
+    monkeypatch.delenv(compiled_module.AUTOTUNE_ENV)
     # A batch (padded, dynamic shapes) and a single message (its own graph), then batches of other
     # sizes and lengths: no third graph.
     from torch._dynamo.utils import counters

@@ -270,10 +270,19 @@ def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
 
 
 def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
-    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     threads = torch.get_num_threads()
     bench = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "bench_predict.py")
+    monkeypatch.delenv(precision.ACTIVATION_ENV, raising=False)
+    modes: list[str] = []
+    real_init = Int8Linear.__init__
+
+    def recording_init(self: Int8Linear, linear: nn.Linear, *args: object, **kwargs: object) -> None:
+        real_init(self, linear, *args, **kwargs)  # type: ignore[arg-type]
+        modes.append(self.activations)
+
+    monkeypatch.setattr(Int8Linear, "__init__", recording_init)
     try:
         result = bench.main(
             [
@@ -292,6 +301,8 @@ def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
         ("guardtune", "int8@weights"),
     ]
     # The row's activation mode is set while its model loads, and for no other row.
+    if precision.int8_unavailable_reason() is None:
+        assert modes == ["token"] * 14 + ["weights"] * 14
     assert precision.ACTIVATION_ENV not in os.environ
     assert 0.0 <= weights_row["agreement_with_reference"] <= 1.0
     # The first 40 rows of the file, scored against its gold labels.

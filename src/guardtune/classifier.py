@@ -99,8 +99,8 @@ class Classifier:
             max_memory: with a ``device_map`` strategy, memory per device (``{0: "20GiB"}``).
             compiled: compile the decoder with ``torch.compile`` (``head`` models on a base of
                 their own): faster once compiled, after minutes of compiling in the first calls.
-                Sets TorchInductor's ``freezing`` for the whole process (see
-                :mod:`guardtune.compiled`).
+                Sets TorchInductor's ``freezing``, ``cpp_wrapper`` and ``max_autotune`` for the
+                whole process (see :func:`guardtune.compiled.compile_decoder`).
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, a bad

@@ -15,6 +15,7 @@ token, shapes that would compile graphs of their own.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from guardtune.errors import GuardtuneError
 from guardtune.precision import Int8Linear, causal_lm
 
 COMPILABLE_METHODS = ("head",)
+# Set to 0 to compile without autotuning the matrix products (see compile_decoder).
+AUTOTUNE_ENV = "GUARDTUNE_COMPILE_AUTOTUNE"
 
 
 def check_compilable(method_name: str, owns_backbone: bool) -> None:
@@ -51,9 +54,11 @@ def _check_compiler() -> None:
 def compile_decoder(model: Any) -> None:
     """Compile the decoder of ``model`` (a causal LM or a PEFT model around one) in place.
 
-    Sets TorchInductor's ``freezing`` for the whole process (weights become constants of the
-    graphs, which the int8 projections need) and turns off duck shaping of dynamic sizes. Sibling
-    int8 projections stop sharing their quantised input in Python
+    Sets, for the whole process, TorchInductor's ``freezing`` (weights become constants of the
+    graphs, which the int8 projections need; passed as this compilation's own option instead, it
+    did not reach the int8 lowering), its C++ wrapper and, unless ``GUARDTUNE_COMPILE_AUTOTUNE=0``,
+    autotuned matrix products, and turns off duck shaping of dynamic sizes. Sibling int8
+    projections stop sharing their quantised input in Python
     (:class:`guardtune.precision.SharedInput`); the compiler fuses the quantisation into the
     surrounding kernels instead. Call :func:`check_compilable` first.
     """
@@ -64,10 +69,11 @@ def compile_decoder(model: Any) -> None:
     # The graph's wrapper (the code that calls its kernels) in C++ instead of Python: on the
     # embedded Gemma's single message, int8, p50 16.0 ms instead of 19.1 ms (docs/int8.md).
     inductor_config.cpp_wrapper = True
-    # Inductor benchmarks its own C++ matrix-product kernels (AMX / AVX-512 micro-kernels) against
-    # oneDNN's for each projection and keeps the faster: bf16, single message p50 12.6 ms instead of
-    # 17.5 ms, 373 messages/s instead of 293, for about a minute more of compiling (docs/int8.md).
-    inductor_config.max_autotune = True
+    # Inductor times its own C++ matrix-product kernels (AMX / AVX-512 micro-kernels) against
+    # oneDNN's for each projection and keeps the faster: compiled bf16 347.8 messages/s and p50
+    # 14 ms instead of 281.7 and 19, for about 80 s more of compiling. Which kernel wins can differ
+    # between cold compiles, and with it the rounding: 0 keeps the kernels fixed.
+    inductor_config.max_autotune = os.environ.get(AUTOTUNE_ENV, "1") != "0"
     # Without this a first batch whose size equals its padded length (32 messages of 32 tokens)
     # gets a graph that assumes they are equal, and the next batch compiles a third one.
     shape_config.use_duck_shape = False

@@ -55,8 +55,8 @@ DEFAULT_FLOAT: tuple[str, ...] = ()
 # activations (``down_proj``'s input) in any token of a batch left every other token a handful of
 # levels: 94% agreement with bf16 on validation against 100% per token. ``weights`` keeps the
 # activations in float (int8 weights only, ``torch._weight_int8pack_mm``): a third of the score
-# change of ``token``, and with ``--compile`` the fastest single message, but slower than bf16 in
-# eager mode, where torch's kernel for it is slow (docs/int8.md).
+# change of ``token``; with ``--compile`` a single message about as fast, batches slower; without
+# it slower than bf16, as torch's eager kernel for it is slow (docs/int8.md).
 ACTIVATION_ENV = "GUARDTUNE_INT8_ACTIVATIONS"
 ACTIVATION_MODES = ("token", "tensor", "weights")
 DEFAULT_ACTIVATIONS = "token"
@@ -133,8 +133,11 @@ class Int8Linear(nn.Module):
         if activations == "weights":
             # Plain int8 rows and their scales: Inductor packs them into its own layout when the
             # decoder is compiled with freezing.
-            self._int8_weight = torch.round(weight / scales.float()[:, None]).to(torch.int8)
-            self._weight_scales = scales.float()
+            # The kernel takes the scales in the activations' dtype: round them to it first and
+            # quantise against the rounded values, so no row carries the rounding as an error.
+            self._weight_scales = scales.to(linear.weight.dtype)
+            rows = torch.round(weight / self._weight_scales.float()[:, None]).clamp_(-127, 127)
+            self._int8_weight = rows.to(torch.int8)
             return
         if activations == "token":
             # Packed once into oneDNN's blocked layout: unpacked int8 weights (``torch._int_mm``)
@@ -394,13 +397,13 @@ def quantize_projections(
         if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
             parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
             targets.append((name, parent, parts[-1], module))
-    if merge_adapter is not None:
-        from peft.tuners.lora import LoraLayer  # only merging needs peft
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
+    if merge_adapter is not None:
         _merge_kept_float(model, targets, merge_adapter)
     quantised = {}
     for path, parent, child, linear in targets:
-        if merge_adapter is not None and isinstance(parent, LoraLayer):
+        if merge_adapter is not None and isinstance(parent, BaseTunerLayer):
             parent.merge(adapter_names=[merge_adapter])
         quantised[path] = Int8Linear(linear, engine, activations)
         setattr(parent, child, quantised[path])
@@ -414,10 +417,11 @@ def quantize_projections(
 def _merge_kept_float(
     model: nn.Module, targets: list[tuple[str, nn.Module, str, nn.Linear]], adapter: str
 ) -> None:
-    """Merge ``adapter`` into the LoRA layers of ``model`` whose projection stays in float."""
-    from peft.tuners.lora import LoraLayer
+    """Merge ``adapter`` into the adapter layers of ``model`` (PEFT's tuner layers: LoRA, trainable
+    tokens) other than those around the projections about to be quantised."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     quantised_parents = {id(parent) for _, parent, _, _ in targets}
     for module in model.modules():
-        if isinstance(module, LoraLayer) and id(module) not in quantised_parents:
+        if isinstance(module, BaseTunerLayer) and id(module) not in quantised_parents:
             module.merge(adapter_names=[adapter])
