@@ -131,10 +131,9 @@ class Int8Linear(nn.Module):
         scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
         self._bias = None if linear.bias is None else linear.bias.detach().float()
         if activations == "weights":
-            # Plain int8 rows and their scales: Inductor packs them into its own layout when the
-            # decoder is compiled with freezing.
-            # The kernel takes the scales in the activations' dtype: round them to it first and
-            # quantise against the rounded values, so no row carries the rounding as an error.
+            # Plain int8 rows (Inductor packs them into its own layout when the decoder is
+            # compiled with freezing) against scales already rounded to the model's dtype, which
+            # the kernel takes them in: no row carries that rounding as an error.
             self._weight_scales = scales.to(linear.weight.dtype)
             rows = torch.round(weight / self._weight_scales.float()[:, None]).clamp_(-127, 127)
             self._int8_weight = rows.to(torch.int8)
