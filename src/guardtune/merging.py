@@ -48,11 +48,9 @@ def prepare_for_inference(backbone: Backbone, merge_adapter: str | None, int8: b
     decoder's merged bf16 weights beside their int8 copies (about 100 MB more peak on Gemma 3
     270M).
     """
-    if merge_adapter is not None and int8:
-        activate(backbone.peft_model, merge_adapter)
-        quantize_projections(backbone.model, merge_adapter=merge_adapter)
-        return
-    if merge_adapter is not None:
-        merge_for_inference(backbone, merge_adapter)
     if int8:
-        quantize_projections(backbone.model)
+        if merge_adapter is not None:
+            activate(backbone.peft_model, merge_adapter)
+        quantize_projections(backbone.model, merge_adapter=merge_adapter)
+    elif merge_adapter is not None:
+        merge_for_inference(backbone, merge_adapter)
