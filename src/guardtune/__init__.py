@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from guardtune.api import TrainReport, calibrate, evaluate, train
     from guardtune.classifier import Classifier, Prediction
     from guardtune.task import TaskSpec, load_task
-    from guardtune.train import TrainSettings
+    from guardtune.train_settings import TrainSettings
 
 # Names resolved on first use (PEP 562): ``import guardtune`` stays light, and serving a model
 # never imports the trainer (transformers.Trainer, ~230 MB resident), plotting or metrics code.
@@ -27,7 +27,7 @@ _LAZY = {
     "train": "guardtune.api",
     "TaskSpec": "guardtune.task",
     "load_task": "guardtune.task",
-    "TrainSettings": "guardtune.train",
+    "TrainSettings": "guardtune.train_settings",
 }
 
 __all__ = [

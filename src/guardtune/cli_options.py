@@ -24,7 +24,7 @@ from guardtune.device_map import MAX_MEMORY_HELP
 from guardtune.device_map import OPTION_HELP as DEVICE_MAP_HELP
 from guardtune.errors import GuardtuneError
 from guardtune.methods.lora import LoraSettings
-from guardtune.train import TrainSettings
+from guardtune.train_settings import TrainSettings
 
 out = Console()
 err = Console(stderr=True)

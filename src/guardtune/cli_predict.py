@@ -170,7 +170,7 @@ def predict(
     compiled: CompileOption = False,
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
-    from guardtune.api import predict_file
+    from guardtune.predict_files import predict_file
 
     reading = _long_text(long_text)
     if reading is not None and engine != "local":

@@ -12,7 +12,7 @@ import typer
 
 from guardtune.backbone import DEFAULT_BASE
 from guardtune.cli_options import BaseOption, TaskOption, out, training_options
-from guardtune.train import TrainSettings
+from guardtune.train_settings import TrainSettings
 
 
 @training_options

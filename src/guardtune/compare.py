@@ -15,7 +15,7 @@ from guardtune.data.readers import load_examples
 from guardtune.methods import get_method
 from guardtune.methods.base import check_label_smoothing
 from guardtune.task import TaskSpec, load_task
-from guardtune.train import TrainSettings
+from guardtune.train_settings import TrainSettings
 
 
 def compare_methods(

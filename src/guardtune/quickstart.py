@@ -23,7 +23,7 @@ from guardtune.data.writers import write_table
 from guardtune.errors import GuardtuneError
 from guardtune.eval import groups_rich_table, metrics_rich_table
 from guardtune.eval.model_card import model_card_text
-from guardtune.train import TrainSettings
+from guardtune.train_settings import TrainSettings
 
 # Optimizer steps of 16 rows. pii-categories reads longer, multi-line text and five labels: on
 # held-out training templates (examples/pii/template_cv.py) 240 steps reached micro-F1 0.945
