@@ -365,9 +365,15 @@ def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch
     kept = quantised("first, down_proj,o_proj")
     assert len(kept) == 5 and all(".layers.1." in name for name in kept)
     assert len(quantised("last")) == 7 and len(quantised("first,last")) == 0
-    monkeypatch.setenv(precision.FLOAT_ENV, "mlp")
-    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_FLOAT='mlp': expected 'none' or"):
-        precision.int8_float_parts()
+    # One layer by its index, and one layer's projection.
+    assert quantised("1") == quantised("last")
+    one = quantised("1.down_proj, 0.q_proj")
+    assert len(one) == 12
+    assert not any(".layers.1.mlp.down_proj" in name or ".layers.0.self_attn.q_proj" in name for name in one)
+    for bad in ("mlp", "1.mlp", "x.down_proj"):
+        monkeypatch.setenv(precision.FLOAT_ENV, bad)
+        with pytest.raises(GuardtuneError, match=f"GUARDTUNE_INT8_FLOAT='{bad}': expected 'none' or"):
+            precision.int8_float_parts()
     monkeypatch.setenv(precision.ACTIVATION_ENV, "row")
     with pytest.raises(
         GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token, tensor or weights"

@@ -44,8 +44,9 @@ _ENGINES = ("x86", "fbgemm", "onednn")
 # Which of them packs the weights (to compare kernels; the default is the one measured fastest).
 ENGINE_ENV = "GUARDTUNE_INT8_ENGINE"
 DEFAULT_ENGINE = "x86"
-# Which projections stay in float: projection names (``down_proj``), ``first`` / ``last`` (a whole
-# decoder layer), or ``none`` (the default: with per-token activation scales every projection
+# Which projections stay in float: projection names (``down_proj``), ``first`` / ``last`` or a
+# layer's index (a whole decoder layer), ``INDEX.NAME`` (one layer's projection, ``1.down_proj``), or
+# ``none`` (the default: with per-token activation scales every projection
 # agreed with bf16 on all validation messages; docs/int8.md has the table that chose it).
 FLOAT_ENV = "GUARDTUNE_INT8_FLOAT"
 DEFAULT_FLOAT: tuple[str, ...] = ()
@@ -345,13 +346,20 @@ def int8_float_parts() -> tuple[str, ...]:
     parts = tuple(p.strip() for p in raw.split(",") if p.strip())
     if parts == ("none",):
         return ()
-    bad = [p for p in parts if p != "none" and not (p in _LAYER_WORDS or p.endswith("_proj"))]
+    bad = [p for p in parts if not _is_float_part(p)]
     if bad or "none" in parts:
         raise GuardtuneError(
-            f"{FLOAT_ENV}={raw!r}: expected 'none' or comma-separated projection names (down_proj) "
-            "and first / last"
+            f"{FLOAT_ENV}={raw!r}: expected 'none' or comma-separated projection names (down_proj), "
+            "layers (first, last, 3) and one layer's projections (3.down_proj)"
         )
     return parts
+
+
+def _is_float_part(part: str) -> bool:
+    layer, _, name = part.rpartition(".")
+    if layer:
+        return layer.isdigit() and name.endswith("_proj")
+    return part in _LAYER_WORDS or part.isdigit() or part.endswith("_proj")
 
 
 def quantize_projections(
@@ -369,8 +377,8 @@ def quantize_projections(
 
     Args:
         engine: ``x86``, ``fbgemm`` or ``onednn``; default: :func:`int8_engine`.
-        keep_float: projection names and ``first`` / ``last`` (layers) left in float; default:
-            :func:`int8_float_parts`.
+        keep_float: projection names, layers (``first``, ``last``, an index) and one layer's
+            projections (``1.down_proj``) left in float; default: :func:`int8_float_parts`.
         merge_adapter: an adapter to fold into each projection just before that projection is
             quantised (PEFT's per-layer merge), instead of merging all of them first: the
             merged float weights of one projection are resident at a time, not of all of them
@@ -388,10 +396,15 @@ def quantize_projections(
     layers = _decoder_layers(model)
     count = len(list(layers.children()))
     skipped_layers = {str(i) for word, i in (("first", 0), ("last", count - 1)) if word in keep}
+    skipped_layers.update(p for p in keep if p.isdigit())
     targets = []
     for name, module in layers.named_modules():
         parts = name.split(".")
-        if parts[0] in skipped_layers or any(p in keep for p in parts):
+        if (
+            parts[0] in skipped_layers
+            or any(p in keep for p in parts[1:])
+            or any(f"{parts[0]}.{p}" in keep for p in parts[1:])
+        ):
             continue
         if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
             parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
