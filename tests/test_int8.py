@@ -370,12 +370,37 @@ def test_what_stays_float_comes_from_the_environment(tiny_base: str, monkeypatch
     one = quantised("1.down_proj, 0.q_proj")
     assert len(one) == 12
     assert not any(".layers.1.mlp.down_proj" in name or ".layers.0.self_attn.q_proj" in name for name in one)
-    for bad in ("mlp", "1.mlp", "x.down_proj"):
+    for bad in ("mlp", "1.mlp", "x.down_proj", ".down_proj", "05", "\u00b2", "-1", "_proj"):
         monkeypatch.setenv(precision.FLOAT_ENV, bad)
-        with pytest.raises(GuardtuneError, match=f"GUARDTUNE_INT8_FLOAT='{bad}': expected 'none' or"):
+        with pytest.raises(GuardtuneError, match=r"GUARDTUNE_INT8_FLOAT=.*: expected 'none' or"):
             precision.int8_float_parts()
+    with pytest.raises(
+        GuardtuneError, match=r"layer 2 does not exist \(the model has 2 decoder layers, 0-1\)"
+    ):
+        quantised("2.down_proj")
     monkeypatch.setenv(precision.ACTIVATION_ENV, "row")
     with pytest.raises(
         GuardtuneError, match="GUARDTUNE_INT8_ACTIVATIONS='row': expected token, tensor or weights"
     ):
         quantize_projections(load_backbone(tiny_base, dtype="fp32").model)
+
+
+def test_which_module_paths_stay_float() -> None:
+    selection = precision.float_selection(("1.down_proj", "first.q_proj", "o_proj", "last"), layer_count=18)
+    assert selection == ({"17"}, {"o_proj"}, {("1", "down_proj"), ("0", "q_proj")})
+
+    def kept(path: str) -> bool:
+        return precision.stays_float(path, selection)
+
+    assert (
+        kept("1.mlp.down_proj")
+        and kept("1.mlp.down_proj.base_layer")
+        and kept("1.mlp.down_proj.lora_A.default")
+    )
+    assert not kept("11.mlp.down_proj") and not kept("1.mlp.up_proj") and not kept("10.mlp.down_proj")
+    assert kept("0.self_attn.q_proj") and not kept("0.self_attn.k_proj")
+    assert kept("5.self_attn.o_proj") and kept("17.mlp.gate_proj") and not kept("16.mlp.gate_proj")
+    # An index names a layer, never a numbered module inside one (experts of a mixture).
+    by_index = precision.float_selection(("1",), layer_count=18)
+    assert precision.stays_float("1.mlp.up_proj", by_index)
+    assert not precision.stays_float("7.mlp.experts.1.down_proj", by_index)

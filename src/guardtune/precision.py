@@ -21,6 +21,7 @@ import ctypes.util
 import functools
 import mmap
 import os
+import re
 import sys
 import warnings
 import weakref
@@ -62,6 +63,8 @@ ACTIVATION_ENV = "GUARDTUNE_INT8_ACTIVATIONS"
 ACTIVATION_MODES = ("token", "tensor", "weights")
 DEFAULT_ACTIVATIONS = "token"
 _LAYER_WORDS = ("first", "last")
+# A layer's index as written in GUARDTUNE_INT8_FLOAT: ASCII digits, no sign, no leading zero.
+_LAYER_INDEX = re.compile(r"0|[1-9][0-9]*")
 # Per-token activations are symmetric int8 values stored as uint8 with this offset: oneDNN's int8
 # products take unsigned activations and signed weights (the form VNNI multiplies natively).
 ACTIVATION_ZERO_POINT = 128
@@ -356,10 +359,56 @@ def int8_float_parts() -> tuple[str, ...]:
 
 
 def _is_float_part(part: str) -> bool:
-    layer, _, name = part.rpartition(".")
-    if layer:
-        return layer.isdigit() and name.endswith("_proj")
-    return part in _LAYER_WORDS or part.isdigit() or part.endswith("_proj")
+    layer, dot, name = part.rpartition(".")
+    if dot:
+        return (layer in _LAYER_WORDS or _LAYER_INDEX.fullmatch(layer) is not None) and _is_projection(name)
+    return part in _LAYER_WORDS or _LAYER_INDEX.fullmatch(part) is not None or _is_projection(part)
+
+
+def _is_projection(name: str) -> bool:
+    return name.endswith("_proj") and name != "_proj" and "." not in name
+
+
+# What stays in float: layers kept whole, projection names kept in every layer, (layer, name) pairs.
+FloatSelection = tuple[set[str], set[str], set[tuple[str, str]]]
+
+
+def float_selection(keep: tuple[str, ...], layer_count: int) -> FloatSelection:
+    """``keep`` (see :func:`int8_float_parts`) as the layers kept whole, the projection names kept in
+    every layer, and the ``(layer, name)`` pairs kept in one layer, with ``first`` / ``last`` and
+    indices as the layers' own names (``"0"``, ``"17"``). An index past the last layer stops with
+    a one-line error."""
+
+    def layer_name(word: str) -> str:
+        index = {"first": 0, "last": layer_count - 1}.get(word)
+        index = int(word) if index is None else index
+        if index >= layer_count:
+            raise GuardtuneError(
+                f"{FLOAT_ENV}: layer {word} does not exist "
+                f"(the model has {layer_count} decoder layers, 0-{layer_count - 1})"
+            )
+        return str(index)
+
+    layers: set[str] = set()
+    names: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    for part in keep:
+        layer, dot, name = part.rpartition(".")
+        if dot:
+            pairs.add((layer_name(layer), name))
+        elif part in _LAYER_WORDS or _LAYER_INDEX.fullmatch(part):
+            layers.add(layer_name(part))
+        else:
+            names.add(part)
+    return layers, names, pairs
+
+
+def stays_float(path: str, selection: FloatSelection) -> bool:
+    """Whether the module at ``path`` under the decoder layers (``5.mlp.down_proj``, or under PEFT
+    ``5.mlp.down_proj.base_layer``) is kept in float by ``selection`` (:func:`float_selection`)."""
+    layers, names, pairs = selection
+    layer, *inner = path.split(".")
+    return layer in layers or any(p in names or (layer, p) in pairs for p in inner)
 
 
 def quantize_projections(
@@ -395,16 +444,11 @@ def quantize_projections(
     keep = int8_float_parts() if keep_float is None else keep_float
     layers = _decoder_layers(model)
     count = len(list(layers.children()))
-    skipped_layers = {str(i) for word, i in (("first", 0), ("last", count - 1)) if word in keep}
-    skipped_layers.update(p for p in keep if p.isdigit())
+    selection = float_selection(keep, count)
     targets = []
     for name, module in layers.named_modules():
         parts = name.split(".")
-        if (
-            parts[0] in skipped_layers
-            or any(p in keep for p in parts[1:])
-            or any(f"{parts[0]}.{p}" in keep for p in parts[1:])
-        ):
+        if stays_float(name, selection):
             continue
         if isinstance(module, nn.Linear) and not any(p in parts for p in _ADAPTER_PARTS):
             parent = layers.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else layers
