@@ -1,7 +1,7 @@
 """What the command modules share: the consoles, common options, and the training options.
 
 The training options are declared once and built into a ``TrainSettings``.
-Each option's default is read from the field it fills in :class:`~guardtune.train.TrainSettings`
+Each option's default is read from the field it fills in :class:`~guardtune.train_settings.TrainSettings`
 or :class:`~guardtune.methods.lora.LoraSettings`, so the CLI cannot drift from the Python API.
 A command takes them all by naming one ``settings: TrainSettings`` parameter and wrapping itself
 in :func:`training_options`; the options appear in its help where that parameter stands.

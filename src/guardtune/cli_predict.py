@@ -125,7 +125,7 @@ def calibrate(
 def _load(
     model: Path, dtype: str, device: str, device_map: str | None, max_memory: str | None, compiled: bool
 ) -> Classifier:
-    from guardtune.api import Classifier
+    from guardtune.classifier import Classifier
 
     classifier = Classifier.load(
         model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, compiled=compiled

@@ -75,7 +75,7 @@ class _Scorer:
     def __init__(self, model: str, dtype: str, batch_size: int, source: str, threads: int) -> None:
         import torch
 
-        from guardtune.api import Classifier
+        from guardtune.classifier import Classifier
 
         # Actors share the machine; each runs the threads its CPU share pays for.
         torch.set_num_threads(threads)
