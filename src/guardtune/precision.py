@@ -361,12 +361,16 @@ def int8_float_parts() -> tuple[str, ...]:
 def _is_float_part(part: str) -> bool:
     layer, dot, name = part.rpartition(".")
     if dot:
-        return (layer in _LAYER_WORDS or _LAYER_INDEX.fullmatch(layer) is not None) and _is_projection(name)
-    return part in _LAYER_WORDS or _LAYER_INDEX.fullmatch(part) is not None or _is_projection(part)
+        return _is_layer(layer) and _is_projection(name)
+    return _is_layer(part) or _is_projection(part)
+
+
+def _is_layer(word: str) -> bool:
+    return word in _LAYER_WORDS or _LAYER_INDEX.fullmatch(word) is not None
 
 
 def _is_projection(name: str) -> bool:
-    return name.endswith("_proj") and name != "_proj" and "." not in name
+    return name.endswith("_proj") and name != "_proj"
 
 
 # What stays in float: layers kept whole, projection names kept in every layer, (layer, name) pairs.
@@ -396,7 +400,7 @@ def float_selection(keep: tuple[str, ...], layer_count: int) -> FloatSelection:
         layer, dot, name = part.rpartition(".")
         if dot:
             pairs.add((layer_name(layer), name))
-        elif part in _LAYER_WORDS or _LAYER_INDEX.fullmatch(part):
+        elif _is_layer(part):
             layers.add(layer_name(part))
         else:
             names.add(part)
