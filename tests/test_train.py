@@ -189,3 +189,33 @@ def test_label_smoothing_is_refused_where_it_cannot_apply(
             settings=settings,
         )
     assert not (tmp_path / "m").exists()
+
+
+def test_neftune_noise_moves_training_and_leaves_prediction_alone(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(GuardtuneError, match=r"--neftune-alpha: expected a number >= 0, found -1\.0"):
+        TrainSettings(neftune_alpha=-1.0)
+    rows = load_examples(toy_files["train"], TASK)
+
+    def trained(alpha: float):
+        torch.manual_seed(3)
+        backbone = load_backbone(tiny_base, dtype="fp32")
+        method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 32)
+        settings = TrainSettings(max_steps=2, batch_size=8, max_length=32, seed=3, dtype="fp32")
+        settings.neftune_alpha = alpha
+        fit(method, rows.texts, rows.labels, settings, tmp_path / f"alpha{alpha}")
+        return method
+
+    plain, noisy, noisy_again = trained(0.0), trained(5.0), trained(5.0)
+    weights = [_trainable(m) for m in (plain, noisy, noisy_again)]
+    # The noise is drawn from torch's seeded stream: the same alpha and seed train the same weights,
+    # and the noise reached training, since the weights differ from the run without it.
+    assert all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1])
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # The Trainer removes its hook after training: predicting is deterministic again.
+    embedding = noisy.get_input_embeddings()
+    assert not embedding._forward_hooks and not hasattr(embedding, "neftune_noise_alpha")
+    ids = torch.tensor([[1, 2, 3]])
+    noisy.train()
+    torch.testing.assert_close(embedding(ids), embedding(ids))

@@ -11,8 +11,8 @@ these figures; the chosen ones are then measured once on the real check set.
         --setting baseline: --setting steps150:max_steps=150 --setting lr1e-3:learning_rate=1e-3
 
 Each ``--setting NAME:key=value,...`` overrides the quickstart's TrainSettings (``max_steps``,
-``learning_rate``, ``batch_size``, ``max_length``, ``label_smoothing``, ``lora_r``,
-``lora_dropout``); ``calibrate=1`` also fits the
+``learning_rate``, ``batch_size``, ``max_length``, ``label_smoothing``, ``neftune_alpha``,
+``lora_r``, ``lora_dropout``); ``calibrate=1`` also fits the
 calibration on the validation rows, as ``guardtune calibrate`` does, and scores the dev rows again
 with it. Results go to ``OUT/results.jsonl`` (one line per setting and seed) and a table on the
 terminal.
@@ -51,6 +51,7 @@ _NUMBERS = {
     "label_smoothing": float,
     "lora_r": int,
     "lora_dropout": float,
+    "neftune_alpha": float,
     "calibrate": int,  # 1: fit temperature and (multi-label) max-F1 thresholds on the validation rows
 }
 

@@ -127,6 +127,12 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
         "label_smoothing",
     ),
     TrainingOption(
+        "neftune_alpha",
+        float,
+        "NEFTune: noise of this scale on the input embeddings while training (0: none).",
+        "neftune_alpha",
+    ),
+    TrainingOption(
         "distill",
         str | None,
         "ALPHA,TEMPERATURE: mix KL to the teacher's p_<label> columns into the loss.",

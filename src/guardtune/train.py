@@ -276,6 +276,8 @@ def fit(
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
         prediction_loss_only=not method.logits_in_forward,
+        # The Trainer hooks the embedding that the method's get_input_embeddings returns.
+        neftune_noise_alpha=settings.neftune_alpha or None,
     )
     trainer = _TrainableOnlyTrainer(
         model=method,

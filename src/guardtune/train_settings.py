@@ -47,6 +47,9 @@ class TrainSettings:
     # Share of the gold label's probability spread evenly over all labels in the training target
     # (single-label: torch's cross-entropy label smoothing; multi-label: targets y(1-e) + e/2).
     label_smoothing: float = 0.0
+    # NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden size) on the input embeddings
+    # of every training step (the HF Trainer's ``neftune_noise_alpha``); 0 adds none.
+    neftune_alpha: float = 0.0
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -74,6 +77,8 @@ class TrainSettings:
             problems.append(f"--dtype: training runs in auto, bf16 or fp32, found {self.dtype!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"--label-smoothing: expected a number in [0, 1), found {self.label_smoothing}")
+        if self.neftune_alpha < 0:
+            problems.append(f"--neftune-alpha: expected a number >= 0, found {self.neftune_alpha}")
         if self.distill is not None:
             alpha, temperature = self.distill
             if not 0.0 <= alpha <= 1.0 or temperature <= 0:

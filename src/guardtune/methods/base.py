@@ -218,6 +218,11 @@ class LoraMethod(nn.Module, ABC):
         """Only the parameters training changes (adapter and head), for light checkpoints."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The base's token embedding: where the Trainer adds ``--neftune-alpha``'s noise."""
+        embedding: nn.Module = self.backbone.model.get_input_embeddings()
+        return embedding
+
     def collate(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         """A padded batch of :meth:`features` rows."""
         return self._collator(features)
