@@ -298,3 +298,16 @@ def test_style_never_changes_a_value(register: str) -> None:
         value = values[seed % len(values)]
         pieces = [Piece("Hey,  my number is  "), Piece(value, value=True), Piece(" , OK ?")]
         assert value in apply_style(pieces, register, rng)
+
+
+def test_a_long_number_is_longer_than_any_phone_or_card_number() -> None:
+    from faker import Faker
+
+    from guardtune.data.synth.context import RowContext
+
+    ctx = RowContext(rng=random.Random(4), fake=Faker("en_US"), locale="en_US")
+    values = [fillers()["long_number"](ctx) for _ in range(300)]
+    assert all(re.fullmatch(r"[1-9][0-9]{19,44}", v) for v in values), values[:5]
+    # Both shapes come out: a power of ten, as a base writes one when it loses count, and digits.
+    assert any(set(v[1:]) == {"0"} for v in values) and any(set(v[1:]) != {"0"} for v in values)
+    assert "long_number" not in PERSONAL_FIELDS

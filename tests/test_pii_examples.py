@@ -112,3 +112,36 @@ def test_chat_check_writes_a_withheld_reply_again_with_the_guards_scores(
     )
     assert replies[0] == served.text and len(replies) == 2
     assert set(json.loads(scores[1])) == {"none", "asking", "giving"}
+
+
+def test_reply_screen_requests_come_from_training_templates_in_two_fixed_halves() -> None:
+    screen = load_script(EXAMPLES / "reply_screen.py")
+    rows = screen.requests(2, seed=5)
+    train_pool = set(template_pools("pii-intent", "train", family="assistant-requests")["none"])
+    assert set(rows["template"]) == train_pool and len(rows) == 2 * len(train_pool)
+    assert set(rows["half"]) == {"A", "B"}
+    # A template's half is its own: adding another template never moves it.
+    assert all(screen.template_half(t) == h for t, h in zip(rows["template"], rows["half"], strict=True))
+    assert rows.equals(screen.requests(2, seed=5))
+
+
+def test_reply_screen_scores_every_reply_with_every_guard(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    screen = load_script(EXAMPLES / "reply_screen.py")
+    fast = TrainSettings(max_steps=2, batch_size=8, max_length=160, dtype="fp32")
+    train("pii-intent", toy_files["train"], tmp_path / "guard", base=tiny_base, settings=fast)
+    out = tmp_path / "screen"
+    argv = ["reply_screen.py", "--models", str(tmp_path / "guard"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--per-template", "1", "--max-new-tokens", "3"])
+    screen.main()
+    replies = (out / "replies.csv").read_text(encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    shares = summary[str(tmp_path / "guard")]
+    assert 0 <= shares["A"] <= 1 and 0 <= shares["B"] <= 1 and shares["replies"] > 0
+    # A second run reads the replies back instead of generating them again.
+    monkeypatch.setattr(screen, "base_replies", lambda *args: pytest.fail("replies generated twice"))
+    screen.main()
+    assert (out / "replies.csv").read_text(encoding="utf-8") == replies

@@ -340,6 +340,7 @@ _BUILT: dict[str, Filler] = {
     "ticket": lookalikes.ticket,
     "tracking": lookalikes.tracking,
     "bigscore": lambda ctx: f"{ctx.rng.randint(10_000, 9_999_999):,}",
+    "long_number": lookalikes.long_number,
     "code": lookalikes.code,
     "friend_code": lookalikes.friend_code,
     "promo": lookalikes.promo,

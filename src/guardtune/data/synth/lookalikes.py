@@ -104,3 +104,13 @@ def coords(ctx: RowContext) -> str:
     rng = ctx.rng
     x, y, z = rng.randint(-3000, 3000), rng.randint(0, 255), rng.randint(-3000, 3000)
     return f"{x}, {y}, {z}" if rng.random() < 0.5 else f"x {x} y {y} z {z}"
+
+
+def long_number(ctx: RowContext) -> str:
+    # What a small base writes when it loses count: a power of ten or a run of digits far longer
+    # than any phone or card number (20 to 45), so only its context makes it a count or a result.
+    rng = ctx.rng
+    length = rng.randint(20, 45)
+    if rng.random() < 0.5:
+        return rng.choice("123456789") + "0" * (length - 1)
+    return rng.choice("123456789") + "".join(rng.choice(string.digits) for _ in range(length - 1))
