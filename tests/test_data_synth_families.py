@@ -196,3 +196,56 @@ def test_cli_bad_synth_arguments_exit_with_one_line(
     assert err.count("error:") == 1
     assert match in err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_context_lines_join_training_rows_of_a_single_label_family_only(tmp_path: Path) -> None:
+    chatter = """\
+family: chatter
+description: everyday lines that other families borrow as context
+rows: {none: 0.0001}
+train:
+  none: ["zqx the raid starts soon"]
+check:
+  none: ["zqx the patch is out"]
+"""
+    leaks = """\
+family: leaks
+description: an e-mail address given, half the time beside a line of chatter
+rows: {giving: 0.5}
+context: 0.5
+context_from: chatter
+connectors: [" | "]
+train:
+  giving: ["mail me at {email}"]
+check:
+  giving: ["write to {email}"]
+"""
+    root = _templates(tmp_path, chatter=chatter, leaks=leaks)
+    train = generate("pii-intent", 300, seed=2, templates=root, families=["leaks"])
+    with_context = train["text"].str.contains("zqx")
+    assert 0.35 < with_context.mean() < 0.65 and set(train["label"]) == {"giving"}
+    # Before or after the message, joined by the family's connector; the label stays the message's.
+    joined = train.loc[with_context, "text"]
+    assert joined.str.contains(" | ").all()
+    assert joined.str.lower().str.startswith("zqx").any() and joined.str.lower().str.endswith("soon").any()
+    check = generate("pii-intent", 100, seed=2, split="check", templates=root, families=["leaks"])
+    assert not check["text"].str.contains("zqx").any()
+    # Without context, the same seed writes the same rows as before the field existed.
+    plain = _templates(tmp_path / "plain", leaks=leaks.replace("context: 0.5", "context: 0.0"))
+    assert generate("pii-intent", 50, seed=2, templates=plain)["text"].str.contains("@").any()
+
+
+@pytest.mark.parametrize(
+    ("task", "name", "extra", "match"),
+    [
+        ("pii-intent", "short", "context: 0.2\ncontext_from: nowhere\n", r"context_from: expected a family"),
+        ("pii-intent", "short", "context: 0.2\ncontext_from: indirect-asking\n", r"with a train\.none pool"),
+        ("pii-categories", "chat", "context_from: chat\n", r"context_from: only single-label tasks"),
+    ],
+)
+def test_bad_context_source_is_one_line(tmp_path: Path, task: str, name: str, extra: str, match: str) -> None:
+    text = (BUILT_IN / task / f"{name}.yaml").read_text(encoding="utf-8")
+    root = _templates(tmp_path, task, **{name: text.replace("\ntrain:", f"\n{extra}train:", 1)})
+    with pytest.raises(GuardtuneError, match=match) as info:
+        list_families(task, root)
+    assert "\n" not in str(info.value) and f"{name}.yaml" in str(info.value)

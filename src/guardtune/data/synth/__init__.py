@@ -200,7 +200,7 @@ def generate(
     renderer = Renderer(seed)
     plan = _plan(n, chosen, renderer)
     if load_task(task).mode == "single":
-        return _single_label_rows(plan, split, renderer)
+        return _single_label_rows(plan, split, renderer, load_families(task, _root(templates)))
     return _multi_label_rows(task, plan, split, renderer)
 
 
@@ -239,11 +239,25 @@ def _plan(n: int, chosen: list[Family], renderer: Renderer) -> list[tuple[Family
     return plan
 
 
-def _single_label_rows(plan: list[tuple[Family, str]], split: str, renderer: Renderer) -> pd.DataFrame:
+def _single_label_rows(
+    plan: list[tuple[Family, str]], split: str, renderer: Renderer, families: dict[str, Family]
+) -> pd.DataFrame:
+    # Context lines join training rows only: the check set stays one fixed measure of phrasings.
+    context = {
+        f.name: families[f.context_from or f.name].pools["train"]["none"]
+        if split == "train" and f.context > 0
+        else ()
+        for f, _ in plan
+    }
     seen: set[str] = set()
     rows = []
     for family, label in plan:
-        text = unique(lambda: renderer.single(family, split, label), dedup_key, seen, family.unique)  # noqa: B023
+        text = unique(
+            lambda: renderer.single(family, split, label, context[family.name]),  # noqa: B023
+            dedup_key,
+            seen,
+            family.unique,
+        )
         rows.append({"text": text, "label": label, "family": family.name})
     return pd.DataFrame(rows, columns=["text", "label", "family"])
 

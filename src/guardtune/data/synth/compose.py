@@ -65,11 +65,24 @@ class Renderer:
                 pieces.append(Piece(value, value=True))
         return pieces
 
-    def single(self, family: Family, split: str, label: str) -> str:
-        """One single-label message of ``label`` from ``family``."""
+    def single(self, family: Family, split: str, label: str, context: tuple[str, ...] = ()) -> str:
+        """One single-label message of ``label`` from ``family``; with the chance ``family.context``
+        a ``none`` line of ``context`` goes before or after it (it holds nobody's details, so the
+        label stays the message's own)."""
+        rng = self.rng
         ctx = self.context(family)
-        pieces = self.render(self.rng.choice(family.pools[split][label]), ctx)
-        return apply_style(pieces, self.rng.choice(family.styles), self.rng)
+        templates = [rng.choice(family.pools[split][label])]
+        if context and rng.random() < family.context:
+            # Everyday chat around a request or disclosure: the intent decides, not the first words
+            # or the length of the message.
+            line = rng.choice(context)
+            templates = [line, *templates] if rng.random() < 0.5 else [*templates, line]
+        pieces: list[Piece] = []
+        for i, template in enumerate(templates):
+            if i:
+                pieces.append(Piece(rng.choice(family.connectors)))
+            pieces.extend(self.render(template, ctx))
+        return apply_style(pieces, rng.choice(family.styles), rng)
 
     def composed(
         self, family: Family, split: str, group: str, single: str, codes: tuple[str, ...]

@@ -57,6 +57,7 @@ class _FamilyFile(BaseModel):
     unique: bool = True
     rows: dict[str, float] = Field(min_length=1)
     context: float = Field(default=0.0, ge=0.0, le=1.0)
+    context_from: str | None = None
     connectors: list[str] = Field(default_factory=lambda: [". ", ", ", " and ", " - "], min_length=1)
     train: dict[str, list[str]]
     check: dict[str, list[str]]
@@ -97,6 +98,9 @@ class Family:
     unique: bool
     rows: dict[str, float]
     context: float
+    # Single-label tasks: the family whose train ``none`` pool supplies the context lines (None:
+    # the family's own).
+    context_from: str | None
     connectors: tuple[str, ...]
     pools: dict[str, dict[str, tuple[str, ...]]]  # split -> class or pool name -> templates
     source: str
@@ -177,6 +181,7 @@ def load_families(task: str, root: Path | None = None) -> dict[str, Family]:
         families[family.name] = family
     if not families:
         raise GuardtuneError(f"{prefix}: no family files (*.yaml)")
+    _check_context_sources(task, families)
     _check_splits_disjoint(families)
     return families
 
@@ -233,6 +238,7 @@ def _read_family(task: str, path: Traversable, where: str, rules: _TaskRules) ->
         unique=spec.unique,
         rows=dict(spec.rows),
         context=spec.context,
+        context_from=spec.context_from,
         connectors=tuple(spec.connectors),
         pools={split: {k: tuple(v) for k, v in by_class.items()} for split, by_class in pools.items()},
         source=where,
@@ -337,6 +343,23 @@ def phrasing_key(template: str) -> str:
         words.pop()
     # A message of emoji or punctuation alone has no words; the symbols are its phrasing.
     return " ".join(words) or template.strip()
+
+
+def _check_context_sources(task: str, families: dict[str, Family]) -> None:
+    single = load_task(task).mode == "single"
+    for family in families.values():
+        if not single:
+            if family.context_from is not None:
+                # Multi-label context is the family's own ``safe`` clauses.
+                raise GuardtuneError(f"{family.source}: context_from: only single-label tasks take it")
+            continue
+        name = family.context_from or family.name
+        source = families.get(name)
+        if family.context > 0 and (source is None or "none" not in source.pools["train"]):
+            raise GuardtuneError(
+                f"{family.source}: context_from: expected a family of {task} with a train.none pool, "
+                f"found {name!r}"
+            )
 
 
 def _check_splits_disjoint(families: dict[str, Family]) -> None:
