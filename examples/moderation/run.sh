@@ -28,6 +28,7 @@ LORA_R=${LORA_R:-16}
 LORA_ALPHA=${LORA_ALPHA:-32}
 LORA_TARGETS=${LORA_TARGETS:-q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj}
 LABEL_SMOOTHING=${LABEL_SMOOTHING:-0}      # gold targets y(1-e) + e/2 in the loss
+NEFTUNE_ALPHA=${NEFTUNE_ALPHA:-0}          # NEFTune: noise on the input embeddings while training
 SEED=${SEED:-0}                            # the rows sampled, the split, the augmentation and training
 # Evaluation
 MAX_FPR=${MAX_FPR:-0.05}                   # the threshold: highest recall at this FPR on validation
@@ -39,7 +40,7 @@ python examples/moderation/prepare.py --data "$DATA" --out "$OUT/data" --seed "$
 guardtune train --task moderation --train "$OUT/data/train.csv" --val "$OUT/data/val.csv" \
   --out "$OUT/model" --base "$BASE" --max-steps "$STEPS" --batch-size "$BATCH" --max-length "$MAX_LENGTH" --lr "$LR" \
   --lora-r "$LORA_R" --lora-alpha "$LORA_ALPHA" --lora-targets "$LORA_TARGETS" \
-  --label-smoothing "$LABEL_SMOOTHING" --seed "$SEED" --overwrite
+  --label-smoothing "$LABEL_SMOOTHING" --neftune-alpha "$NEFTUNE_ALPHA" --seed "$SEED" --overwrite
 guardtune calibrate --model "$OUT/model" --data "$OUT/data/val.csv" --max-fpr "$MAX_FPR"
 for split in val test heldout; do
   guardtune predict --model "$OUT/model" --data "$OUT/data/$split.csv" --out "$OUT/predictions/$split.csv"
