@@ -230,16 +230,36 @@ check:
     assert joined.str.lower().str.startswith("zqx").any() and joined.str.lower().str.endswith("soon").any()
     check = generate("pii-intent", 100, seed=2, split="check", templates=root, families=["leaks"])
     assert not check["text"].str.contains("zqx").any()
-    # Without context, the same seed writes the same rows as before the field existed.
-    plain = _templates(tmp_path / "plain", leaks=leaks.replace("context: 0.5", "context: 0.0"))
-    assert generate("pii-intent", 50, seed=2, templates=plain)["text"].str.contains("@").any()
+    # With context 0 the same seed writes the same rows as a file without the context keys.
+    off = _templates(tmp_path / "off", chatter=chatter, leaks=leaks.replace("context: 0.5", "context: 0.0"))
+    without = "\n".join(line for line in leaks.splitlines() if not line.startswith(("context", "connectors")))
+    plain = _templates(tmp_path / "plain", chatter=chatter, leaks=without + "\n")
+    for split in ("train", "check"):
+        frames = [generate("pii-intent", 200, seed=2, split=split, templates=root) for root in (off, plain)]
+        pd.testing.assert_frame_equal(*frames)
 
 
 @pytest.mark.parametrize(
     ("task", "name", "extra", "match"),
     [
-        ("pii-intent", "short", "context: 0.2\ncontext_from: nowhere\n", r"context_from: expected a family"),
-        ("pii-intent", "short", "context: 0.2\ncontext_from: indirect-asking\n", r"with a train\.none pool"),
+        (
+            "pii-intent",
+            "short",
+            "context_from: nowhere\n",
+            r"context_from: expected a family .*found 'nowhere'",
+        ),
+        (
+            "pii-intent",
+            "short",
+            "context: 0.2\ncontext_from: indirect-asking\n",
+            r"with a train\.none pool \(assistant-replies, .*core, .*\), found 'indirect-asking'",
+        ),
+        (
+            "pii-intent",
+            "indirect-asking",
+            "context: 0.2\n",
+            r"train\.none pool .*found unset \(the family itself, 'indirect-asking'\)",
+        ),
         ("pii-categories", "chat", "context_from: chat\n", r"context_from: only single-label tasks"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import load_script
 
@@ -116,13 +117,14 @@ def test_chat_check_writes_a_withheld_reply_again_with_the_guards_scores(
 
 def test_reply_screen_requests_come_from_training_templates_in_two_fixed_halves() -> None:
     screen = load_script(EXAMPLES / "reply_screen.py")
-    rows = screen.requests(2, seed=5)
+    rows = screen.request_rows(2, seed=5)
     train_pool = set(template_pools("pii-intent", "train", family="assistant-requests")["none"])
     assert set(rows["template"]) == train_pool and len(rows) == 2 * len(train_pool)
+    # A template's half is its own (a hash of its text): adding another template never moves it.
+    assert screen.template_half("what is the capital of {country}?") == "A"
+    assert screen.template_half("why is the sky blue?") == "B"
     assert set(rows["half"]) == {"A", "B"}
-    # A template's half is its own: adding another template never moves it.
-    assert all(screen.template_half(t) == h for t, h in zip(rows["template"], rows["half"], strict=True))
-    assert rows.equals(screen.requests(2, seed=5))
+    assert rows.equals(screen.request_rows(2, seed=5))
 
 
 def test_reply_screen_scores_every_reply_with_every_guard(
@@ -131,17 +133,28 @@ def test_reply_screen_scores_every_reply_with_every_guard(
     import sys
 
     screen = load_script(EXAMPLES / "reply_screen.py")
-    fast = TrainSettings(max_steps=2, batch_size=8, max_length=160, dtype="fp32")
-    train("pii-intent", toy_files["train"], tmp_path / "guard", base=tiny_base, settings=fast)
+    guards = [tmp_path / "guard0", tmp_path / "guard1"]
+    for seed, guard in enumerate(guards):
+        fast = TrainSettings(max_steps=2, batch_size=8, max_length=160, dtype="fp32", seed=seed)
+        train("pii-intent", toy_files["train"], guard, base=tiny_base, settings=fast)
     out = tmp_path / "screen"
-    argv = ["reply_screen.py", "--models", str(tmp_path / "guard"), "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", [*argv, "--per-template", "1", "--max-new-tokens", "3"])
+    argv = ["reply_screen.py", "--models", *map(str, guards), "--out", str(out), "--max-new-tokens", "3"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--per-template", "1"])
     screen.main()
     replies = (out / "replies.csv").read_text(encoding="utf-8")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    shares = summary[str(tmp_path / "guard")]
-    assert 0 <= shares["A"] <= 1 and 0 <= shares["B"] <= 1 and shares["replies"] > 0
-    # A second run reads the replies back instead of generating them again.
-    monkeypatch.setattr(screen, "base_replies", lambda *args: pytest.fail("replies generated twice"))
+    scores = pd.read_csv(out / "scores.csv", keep_default_na=False)
+    for guard in guards:
+        shares = summary[str(guard)]
+        assert 0 <= shares["A"] <= 1 and 0 <= shares["B"] <= 1 and shares["replies"] == len(scores)
+        assert set(scores[f"label:{guard}"]) <= {"none", "asking", "giving"}
+    # A second run with the same arguments reads the replies back instead of writing them again ...
+    generate = screen.base_replies
+    monkeypatch.setattr(screen, "base_replies", lambda *args: pytest.fail("replies written twice"))
     screen.main()
     assert (out / "replies.csv").read_text(encoding="utf-8") == replies
+    # ... and one with other arguments writes them again.
+    monkeypatch.setattr(screen, "base_replies", generate)
+    monkeypatch.setattr(sys, "argv", [*argv, "--per-template", "2"])
+    screen.main()
+    assert len(pd.read_csv(out / "replies.csv")) == 2 * len(scores)

@@ -194,20 +194,24 @@ def test_label_smoothing_is_refused_where_it_cannot_apply(
 def test_neftune_noise_moves_training_and_leaves_prediction_alone(
     tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(GuardtuneError, match=r"--neftune-alpha: expected a number >= 0, found -1\.0"):
-        TrainSettings(neftune_alpha=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(GuardtuneError, match=r"--neftune-alpha: expected a number >= 0, found"):
+            TrainSettings(neftune_alpha=bad)
     rows = load_examples(toy_files["train"], TASK)
 
-    def trained(alpha: float):
+    def fresh():
         torch.manual_seed(3)
-        backbone = load_backbone(tiny_base, dtype="fp32")
-        method = get_method("head").create(backbone, TASK, LoraSettings(r=2), 32)
-        settings = TrainSettings(max_steps=2, batch_size=8, max_length=32, seed=3, dtype="fp32")
-        settings.neftune_alpha = alpha
-        fit(method, rows.texts, rows.labels, settings, tmp_path / f"alpha{alpha}")
+        return get_method("head").create(load_backbone(tiny_base, dtype="fp32"), TASK, LoraSettings(r=2), 32)
+
+    def trained(alpha: float, work: str, method=None, callbacks: list | None = None):
+        method = method or fresh()
+        settings = TrainSettings(
+            max_steps=2, batch_size=8, max_length=32, seed=3, dtype="fp32", neftune_alpha=alpha
+        )
+        fit(method, rows.texts, rows.labels, settings, tmp_path / work, callbacks=callbacks)
         return method
 
-    plain, noisy, noisy_again = trained(0.0), trained(5.0), trained(5.0)
+    plain, noisy, noisy_again = trained(0.0, "plain"), trained(5.0, "noisy"), trained(5.0, "again")
     weights = [_trainable(m) for m in (plain, noisy, noisy_again)]
     # The noise is drawn from torch's seeded stream: the same alpha and seed train the same weights,
     # and the noise reached training, since the weights differ from the run without it.
@@ -219,3 +223,9 @@ def test_neftune_noise_moves_training_and_leaves_prediction_alone(
     ids = torch.tensor([[1, 2, 3]])
     noisy.train()
     torch.testing.assert_close(embedding(ids), embedding(ids))
+    # Also after a run that stops early: a shared backbone must not keep adding noise.
+    stopped = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        trained(5.0, "interrupted", stopped, callbacks=[_Interrupt(at_step=1)])
+    embedding = stopped.get_input_embeddings()
+    assert not embedding._forward_hooks and not hasattr(embedding, "neftune_noise_alpha")

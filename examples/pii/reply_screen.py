@@ -15,8 +15,10 @@ reading the check pools:
 
     python examples/pii/reply_screen.py --models runs/qs-s0/model runs/qs-s1/model --out runs/replies
 
-The replies depend only on the base, so they are written once to ``OUT/replies.csv`` and read from
-there on later runs (``--regenerate`` writes them again). Scores go to ``OUT/scores.csv``, the
+The replies depend only on the base and the arguments that wrote them, so they are written once to
+``OUT/replies.csv`` (the arguments and the base in ``OUT/replies.json``) and read from there while
+those stay the same (``--regenerate`` writes them again regardless). Every guard must be trained on
+the base that wrote them. Scores go to ``OUT/scores.csv``, the
 withheld share per model and half to ``OUT/summary.json`` and the terminal.
 """
 
@@ -35,6 +37,7 @@ from guardtune.classifier import Classifier
 from guardtune.data.synth.compose import Renderer
 from guardtune.data.synth.families import load_families
 from guardtune.data.synth.style import apply_style
+from guardtune.modeldir import read_manifest
 from guardtune.serve.chat import generate_reply
 from guardtune.serve.settings import TRANSCRIPT_PREAMBLE
 
@@ -46,7 +49,7 @@ def template_half(template: str) -> str:
     return "A" if zlib.crc32(template.encode("utf-8")) % 2 == 0 else "B"
 
 
-def requests(per_template: int, seed: int) -> pd.DataFrame:
+def request_rows(per_template: int, seed: int) -> pd.DataFrame:
     """Every training template of the family rendered ``per_template`` times, with its half."""
     family = load_families("pii-intent")[FAMILY]
     renderer = Renderer(seed)
@@ -78,21 +81,35 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-template", type=int, default=3, help="renderings of each request template")
     parser.add_argument("--seed", type=int, default=101)
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="as guardtune serve's default")
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="as chat_check.py's default")
     parser.add_argument("--regenerate", action="store_true", help="write OUT/replies.csv again")
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
-    replies_file = args.out / "replies.csv"
-    if replies_file.exists() and not args.regenerate:
+    bases = {str(model): read_manifest(model).base for model in args.models}
+    if len(set(bases.values())) > 1:
+        raise SystemExit(f"--models: every guard must share one base, found {bases}")
+    written_by = {
+        "base": bases[str(args.models[0])],
+        "per_template": args.per_template,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+    }
+    replies_file, replies_args = args.out / "replies.csv", args.out / "replies.json"
+    cached = replies_file.exists() and replies_args.exists() and not args.regenerate
+    if cached and json.loads(replies_args.read_text(encoding="utf-8")) == written_by:
         rows = pd.read_csv(replies_file, keep_default_na=False)
     else:
-        rows = requests(args.per_template, args.seed)
+        if cached:
+            print(f"{replies_file}: written with other arguments or another base; writing it again")
+        rows = request_rows(args.per_template, args.seed)
         rows["reply"] = base_replies(args.models[0], rows, args.max_new_tokens)
         with atomic_file(replies_file) as tmp:
             rows.to_csv(tmp, index=False)
+        with atomic_file(replies_args) as tmp:
+            tmp.write_text(json.dumps(written_by, indent=2) + "\n", encoding="utf-8")
 
-    summary: dict[str, dict[str, float]] = {}
+    summary: dict[str, dict[str, float | int]] = {}
     scored = rows.copy()
     for model in args.models:
         guard = Classifier.load(model)
@@ -104,7 +121,7 @@ def main() -> None:
         scored[f"p_none:{key}"] = [round(prediction.scores["none"], 4) for prediction in predictions]
         withheld = pd.Series([label != "none" for label in labels], index=rows.index)
         summary[key] = {half: float(withheld[rows["half"] == half].mean()) for half in ("A", "B")}
-        summary[key]["replies"] = float(len(rows))
+        summary[key]["replies"] = len(rows)
 
     with atomic_file(args.out / "scores.csv") as tmp:
         scored.to_csv(tmp, index=False)

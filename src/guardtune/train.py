@@ -303,6 +303,12 @@ def fit(
     finally:
         if settings.gradient_checkpointing:
             base_model.gradient_checkpointing_disable()  # a shared backbone goes back as it was
+        noise_hook = getattr(trainer, "neftune_hook_handle", None)
+        if noise_hook is not None:
+            # The Trainer removes its NEFTune hook only after a run that ends well; a shared backbone
+            # must not keep noisy embeddings after an error or an interruption.
+            noise_hook.remove()
+            vars(method.get_input_embeddings()).pop("neftune_noise_alpha", None)
     seconds = time.perf_counter() - started
     method.eval()
     first_step = 0

@@ -7,6 +7,7 @@ training stack's memory (with the metrics and plotting code, 130 MB of a predict
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,7 +78,7 @@ class TrainSettings:
             problems.append(f"--dtype: training runs in auto, bf16 or fp32, found {self.dtype!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"--label-smoothing: expected a number in [0, 1), found {self.label_smoothing}")
-        if self.neftune_alpha < 0:
+        if not 0 <= self.neftune_alpha < math.inf:
             problems.append(f"--neftune-alpha: expected a number >= 0, found {self.neftune_alpha}")
         if self.distill is not None:
             alpha, temperature = self.distill

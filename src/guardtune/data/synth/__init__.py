@@ -243,7 +243,7 @@ def _single_label_rows(
     plan: list[tuple[Family, str]], split: str, renderer: Renderer, families: dict[str, Family]
 ) -> pd.DataFrame:
     # Context lines join training rows only: the check set stays one fixed measure of phrasings.
-    context = {
+    context_lines = {
         f.name: families[f.context_from or f.name].pools["train"]["none"]
         if split == "train" and f.context > 0
         else ()
@@ -253,7 +253,7 @@ def _single_label_rows(
     rows = []
     for family, label in plan:
         text = unique(
-            lambda: renderer.single(family, split, label, context[family.name]),  # noqa: B023
+            lambda: renderer.single(family, split, label, context_lines[family.name]),  # noqa: B023
             dedup_key,
             seen,
             family.unique,

@@ -65,24 +65,31 @@ class Renderer:
                 pieces.append(Piece(value, value=True))
         return pieces
 
-    def single(self, family: Family, split: str, label: str, context: tuple[str, ...] = ()) -> str:
-        """One single-label message of ``label`` from ``family``; with the chance ``family.context``
-        a ``none`` line of ``context`` goes before or after it (it holds nobody's details, so the
-        label stays the message's own)."""
-        rng = self.rng
-        ctx = self.context(family)
-        templates = [rng.choice(family.pools[split][label])]
-        if context and rng.random() < family.context:
-            # Everyday chat around a request or disclosure: the intent decides, not the first words
-            # or the length of the message.
-            line = rng.choice(context)
-            templates = [line, *templates] if rng.random() < 0.5 else [*templates, line]
+    def joined(self, templates: list[str], family: Family, ctx: RowContext) -> list[Piece]:
+        """Pieces of ``templates`` rendered in order, one of the family's connectors between two."""
         pieces: list[Piece] = []
         for i, template in enumerate(templates):
             if i:
-                pieces.append(Piece(rng.choice(family.connectors)))
+                pieces.append(Piece(self.rng.choice(family.connectors)))
             pieces.extend(self.render(template, ctx))
-        return apply_style(pieces, rng.choice(family.styles), rng)
+        return pieces
+
+    def beside(self, templates: list[str], line: str) -> list[str]:
+        """``line`` before or after ``templates``, either side as likely."""
+        return [line, *templates] if self.rng.random() < 0.5 else [*templates, line]
+
+    def single(self, family: Family, split: str, label: str, context_lines: tuple[str, ...] = ()) -> str:
+        """One single-label message of ``label`` from ``family``; with the chance ``family.context``
+        one of ``context_lines`` (``none`` lines: nobody's details, so the label stays the
+        message's own) goes before or after it."""
+        rng = self.rng
+        ctx = self.context(family)
+        templates = [rng.choice(family.pools[split][label])]
+        if context_lines and rng.random() < family.context:
+            # Everyday chat around a request or disclosure: the intent decides, not the first words
+            # or the length of the message.
+            templates = self.beside(templates, rng.choice(context_lines))
+        return apply_style(self.joined(templates, family, ctx), rng.choice(family.styles), rng)
 
     def composed(
         self, family: Family, split: str, group: str, single: str, codes: tuple[str, ...]
@@ -101,14 +108,9 @@ class Renderer:
             templates = [rng.choice(pools[code]) for code in rng.sample(codes, k)]
         if group != "safe" and rng.random() < family.context:
             # Harmless text around the values keeps the model from keying on length or layout alone.
-            context = rng.choice(pools["safe"])
-            templates = [context, *templates] if rng.random() < 0.5 else [*templates, context]
+            templates = self.beside(templates, rng.choice(pools["safe"]))
         ctx = self.context(family)
-        body: list[Piece] = []
-        for i, template in enumerate(templates):
-            if i:
-                body.append(Piece(rng.choice(family.connectors)))
-            body.extend(self.render(template, ctx))
+        body = self.joined(templates, family, ctx)
         if "frames" in pools:
             body = self.render(rng.choice(pools["frames"]), ctx, body=body)
         text = apply_style(body, rng.choice(family.styles), rng)

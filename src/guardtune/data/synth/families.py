@@ -353,12 +353,16 @@ def _check_context_sources(task: str, families: dict[str, Family]) -> None:
                 # Multi-label context is the family's own ``safe`` clauses.
                 raise GuardtuneError(f"{family.source}: context_from: only single-label tasks take it")
             continue
+        if family.context_from is None and family.context == 0:
+            continue
         name = family.context_from or family.name
         source = families.get(name)
-        if family.context > 0 and (source is None or "none" not in source.pools["train"]):
+        if source is None or "none" not in source.pools["train"]:
+            sources = ", ".join(n for n, f in families.items() if "none" in f.pools["train"])
+            found = repr(name) if family.context_from else f"unset (the family itself, {name!r})"
             raise GuardtuneError(
-                f"{family.source}: context_from: expected a family of {task} with a train.none pool, "
-                f"found {name!r}"
+                f"{family.source}: context_from: expected a family of {task} with a train.none pool "
+                f"({sources}), found {found}"
             )
 
 
