@@ -26,6 +26,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.integrations.neftune import deactivate_neftune
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -307,8 +308,7 @@ def fit(
         if noise_hook is not None:
             # The Trainer removes its NEFTune hook only after a run that ends well; a shared backbone
             # must not keep noisy embeddings after an error or an interruption.
-            noise_hook.remove()
-            vars(method.get_input_embeddings()).pop("neftune_noise_alpha", None)
+            deactivate_neftune(method, noise_hook)
     seconds = time.perf_counter() - started
     method.eval()
     first_step = 0
