@@ -302,28 +302,35 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     from guardtune.classifier import Classifier
     from guardtune.infer import reused_prefix
     from guardtune.precision import ACTIVATION_ENV, FLOAT_ENV
+    from guardtune.recheck import DEFAULT_RECHECK_MARGIN
 
-    name, _, suffix = spec["dtype"].partition("+")
-    if suffix not in ("", "compile"):
-        raise SystemExit(f"--dtypes {spec['dtype']}: expected DTYPE[:PARTS][@ACTIVATIONS][+compile]")
+    name, *suffixes = spec["dtype"].split("+")
+    if not set(suffixes) <= {"compile", "recheck"} or len(set(suffixes)) < len(suffixes):
+        raise SystemExit(
+            f"--dtypes {spec['dtype']}: expected DTYPE[:PARTS][@ACTIVATIONS][+recheck][+compile]"
+        )
+    compiled = "compile" in suffixes
+    recheck = DEFAULT_RECHECK_MARGIN if "recheck" in suffixes else None
     name, _, activations = name.partition("@")
     dtype, _, keep_float = name.partition(":")
     # Read once, when the projections are quantised.
     row_env = {FLOAT_ENV: keep_float, ACTIVATION_ENV: activations}
     with mock.patch.dict(os.environ, {key: value for key, value in row_env.items() if value}):
-        classifier = Classifier.load(spec["model"], dtype=dtype, compiled=suffix == "compile")
+        classifier = Classifier.load(spec["model"], dtype=dtype, compiled=compiled, int8_recheck=recheck)
     load_rss = current_rss_mb()
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
     batch_size = spec["batch_size"]
     warm_up = time.perf_counter()
     classifier.predict_proba(texts[:batch_size], batch_size=batch_size)  # warm-up (prefix cache too)
-    if suffix == "compile":  # a single message compiles a graph of its own
+    if compiled:  # a single message compiles a graph of its own
         classifier.predict_proba(texts[0])
     warm_up_seconds = time.perf_counter() - warm_up
+    classifier.rechecked = 0
     started = time.perf_counter()
     scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False)
     seconds = time.perf_counter() - started
+    rechecked = classifier.rechecked
     latencies = []
     for text in texts[: spec["latency_n"]]:
         began = time.perf_counter()
@@ -344,7 +351,8 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         "macro_f1": macro_f1(names, labels, predicted),
         "note": f"projections {classifier.precision}, rest {method.backbone.dtype}; "
         f"RSS {load_rss:.0f} MB once loaded"
-        + (f"; decoder compiled, {warm_up_seconds:.0f} s of warm-up" if suffix == "compile" else "")
+        + (f"; decoder compiled, {warm_up_seconds:.0f} s of warm-up" if compiled else "")
+        + (f"; {rechecked} of {len(texts)} re-scored in float (margin {recheck})" if recheck else "")
         + (f"; prompt prefix of {reused} tokens reused" if reused else ""),
     }
 
@@ -582,7 +590,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "(default: --dtype and int8). int8:PARTS sets GUARDTUNE_INT8_FLOAT=PARTS for that row "
         "(what stays float, e.g. int8:none, int8:down_proj,first), int8@MODE sets "
         "GUARDTUNE_INT8_ACTIVATIONS=MODE (token, tensor, weights); a +compile suffix compiles the "
-        "decoder (e.g. int8+compile, int8@weights+compile; head models)",
+        "decoder (e.g. int8+compile, int8@weights+compile; head models); +recheck scores again in "
+        "float the messages int8 could flip (--int8-recheck at guardtune.recheck.DEFAULT_RECHECK_MARGIN)",
     )
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--matmul-size", type=int, default=2048)

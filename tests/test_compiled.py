@@ -89,6 +89,22 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
                    if isinstance(m, precision.Int8Linear))  # fmt: skip
 
 
+def test_a_compiled_int8_decoder_rechecks_in_the_eager_float_one(
+    model_dir: Path, toy_files: dict[str, Path], inductor_freezing: None
+) -> None:
+    if precision.int8_unavailable_reason() is not None:
+        pytest.skip(f"int8 cannot run here: {precision.int8_unavailable_reason()}")
+    texts = pd.read_csv(toy_files["test"])["text"].tolist()[:24]
+    compiled = Classifier.load(model_dir, dtype="int8", compiled=True, int8_recheck=0.999)
+    decoder = compiled.method.backbone.peft_model.get_base_model().get_decoder()
+    compiled_forward = decoder.forward
+    float_name = "bf16" if compiled.method.backbone.dtype == torch.bfloat16 else "fp32"
+    expected = Classifier.load(model_dir, dtype=float_name).predict_proba(texts, batch_size=8)
+    # Every text re-scored: the decoder ran eagerly on the float weights, and is compiled again after.
+    np.testing.assert_array_equal(compiled.predict_proba(texts, batch_size=8), expected)
+    assert compiled.rechecked == len(texts) and decoder.forward is compiled_forward
+
+
 def test_compile_is_refused_for_a_prompt_method_before_the_base_loads(
     model_dir: Path, tmp_path: Path
 ) -> None:

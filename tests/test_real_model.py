@@ -11,6 +11,7 @@ from guardtune import precision
 from guardtune.api import Classifier, train
 from guardtune.backbone import load_backbone
 from guardtune.data.synth import generate
+from guardtune.recheck import DEFAULT_RECHECK_MARGIN
 from guardtune.task import load_task
 from guardtune.train import TrainSettings
 
@@ -99,6 +100,11 @@ def test_train_reload_and_classify_a_message(gemma, tmp_path: Path) -> None:
         assert np.abs(int8_scores - bf16_scores).mean() < 0.06  # 0.028 measured; 0.007 after 120 steps
         assert clear.sum() >= 20
         assert (int8_scores.argmax(axis=1) == bf16_scores.argmax(axis=1))[clear].all()
+        # --int8-recheck: the unclear ones are scored again in bf16, so every label is bf16's.
+        rechecking = Classifier.load(report.directory, dtype="int8", int8_recheck=DEFAULT_RECHECK_MARGIN)
+        rechecked_scores = rechecking.predict_proba(checks)
+        assert (rechecked_scores.argmax(axis=1) == bf16_scores.argmax(axis=1)).all()
+        assert 0 < rechecking.rechecked < len(checks)
 
 
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:

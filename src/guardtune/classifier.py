@@ -6,6 +6,7 @@ or metrics libraries (a smaller resident footprint).
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from guardtune.merging import prepare_for_inference, should_merge
 from guardtune.methods import LoraMethod, get_method
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
 from guardtune.precision import is_quantized
+from guardtune.recheck import check_margin, unstable_rows
 from guardtune.task import TaskSpec
 
 
@@ -59,6 +61,10 @@ class Classifier:
         self.calibration = calibration
         # Overrides the task's ``long_text`` setting (``head-tail`` or ``windows``) when set.
         self.long_text: str | None = None
+        # ``--int8-recheck``: the score margin within which an int8 decision is re-scored in float
+        # (None: off), and how many texts (or windows) have been so far.
+        self.recheck_margin: float | None = None
+        self.rechecked = 0
 
     @classmethod
     def load(
@@ -72,6 +78,7 @@ class Classifier:
         device_map: str | dict[str, Any] | None = None,
         max_memory: str | dict[Any, str] | None = None,
         compiled: bool = False,
+        int8_recheck: float | None = None,
     ) -> Classifier:
         """Load a model directory written by ``guardtune train``.
 
@@ -101,15 +108,26 @@ class Classifier:
                 their own): faster once compiled, after minutes of compiling in the first calls.
                 Sets TorchInductor's ``freezing``, ``cpp_wrapper`` and ``max_autotune`` for the
                 whole process (see :func:`guardtune.compiled.compile_decoder`).
+            int8_recheck: with ``dtype="int8"``, keep the float projections beside the int8 ones
+                (200 MB more on the embedded Gemma in bf16) and score again in float every text
+                whose decision moving its scores by this margin could change
+                (:mod:`guardtune.recheck`; :data:`~guardtune.recheck.DEFAULT_RECHECK_MARGIN` is
+                0.125): labels as the float model's at a fraction of its cost. Where int8 falls
+                back to float it has nothing to do.
 
         Raises:
             GuardtuneError: not a model directory, its base cannot be loaded, a bad
                 ``calibration.json``, a shared base whose projections are already int8, a
                 ``device_map`` with a shared ``backbone``, a ``device_map`` refused by
                 :func:`guardtune.backbone.load_backbone`, or ``compiled`` for a method other than
-                ``head``, on a shared ``backbone`` or without a C++ compiler.
+                ``head``, on a shared ``backbone`` or without a C++ compiler; ``int8_recheck``
+                outside (0, 1), without ``dtype="int8"`` or on a shared ``backbone``.
         """
         directory = Path(directory)
+        if int8_recheck is not None:
+            check_margin(int8_recheck)
+            if dtype != "int8" or backbone is not None:
+                raise GuardtuneError("--int8-recheck: needs --dtype int8 on a base of the model's own")
         manifest = read_manifest(directory)
         # An unknown method or a bad calibration.json fails before the base loads (seconds to minutes).
         method_cls = get_method(manifest.method, where=f"{directory / MANIFEST}: key 'method'")
@@ -146,11 +164,15 @@ class Classifier:
             backbone,
             merge_adapter=method.adapter_name if merge else None,
             int8=owns_backbone and backbone.int8,
+            float_copies=int8_recheck is not None,
         )
         if compiled:
             compile_decoder(backbone.model)
         _check_calibration_precision(directory, calibration, backbone.precision)
-        return cls(method, manifest, directory, calibration)
+        classifier = cls(method, manifest, directory, calibration)
+        if int8_recheck is not None and backbone.int8:
+            classifier.recheck_margin = int8_recheck
+        return classifier
 
     @property
     def precision(self) -> str:
@@ -183,10 +205,23 @@ class Classifier:
                 scores (the same as ``True`` for an uncalibrated model).
         """
         batch = [texts] if isinstance(texts, str) else list(texts)
+        margin = self.recheck_margin
+        recheck = None if margin is None else functools.partial(self._unstable, margin)
         raw = predict_scores(
-            self.method, batch, batch_size=batch_size, progress=progress, long_text=self.long_text
+            self.method,
+            batch,
+            batch_size=batch_size,
+            progress=progress,
+            long_text=self.long_text,
+            recheck=recheck,
         )
         return self.calibrate_scores(raw) if calibrated else raw
+
+    def _unstable(self, margin: float, raw: np.ndarray) -> np.ndarray:
+        # Decided as predict decides: calibrated scores against the (calibrated) policy.
+        unstable = unstable_rows(self.task, self.calibrate_scores(raw), margin)
+        self.rechecked += int(unstable.sum())
+        return unstable
 
     def calibrate_scores(self, raw: np.ndarray) -> np.ndarray:
         """Raw ``predict_proba(..., calibrated=False)`` scores as calibrated ones (unchanged if

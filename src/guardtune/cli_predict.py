@@ -13,6 +13,7 @@ from guardtune.cli_options import (
     DeviceMapOption,
     DeviceOption,
     InferenceDtypeOption,
+    Int8RecheckOption,
     LabelledDataOption,
     MaxMemoryOption,
     ModelOption,
@@ -53,15 +54,17 @@ def eval_command(
         ),
     ] = None,
     compiled: CompileOption = False,
+    int8_recheck: Int8RecheckOption = None,
 ) -> None:
     """Evaluate a model: metrics.json, report.md, plots and errors.csv."""
     from guardtune.api import evaluate
     from guardtune.eval import groups_rich_table, metrics_rich_table
 
     reading = _long_text(long_text)
-    classifier = _load(model, dtype, device, device_map, max_memory, compiled)
+    classifier = _load(model, dtype, device, device_map, max_memory, compiled, int8_recheck)
     classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir, group_by=group_by)
+    _say_rechecked(classifier)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
     if "groups" in metrics:
         out.print(groups_rich_table(metrics["groups"]))
@@ -123,16 +126,36 @@ def calibrate(
 
 
 def _load(
-    model: Path, dtype: str, device: str, device_map: str | None, max_memory: str | None, compiled: bool
+    model: Path,
+    dtype: str,
+    device: str,
+    device_map: str | None,
+    max_memory: str | None,
+    compiled: bool,
+    int8_recheck: float | None,
 ) -> Classifier:
     from guardtune.classifier import Classifier
 
     classifier = Classifier.load(
-        model, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory, compiled=compiled
+        model,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        compiled=compiled,
+        int8_recheck=int8_recheck,
     )
     if compiled:
         out.print("--compile: the first batches compile the decoder (minutes on a few CPU cores)")
     return classifier
+
+
+def _say_rechecked(classifier: Classifier) -> None:
+    if classifier.recheck_margin is not None:
+        out.print(
+            f"--int8-recheck {classifier.recheck_margin}: {classifier.rechecked} texts re-scored in "
+            f"{str(classifier.method.backbone.dtype).removeprefix('torch.')}"
+        )
 
 
 def _rate(value: float | None) -> str:
@@ -168,6 +191,7 @@ def predict(
     gpus_per_actor: Annotated[float, typer.Option(help="ray engine: GPUs reserved per actor.")] = 0.0,
     long_text: Annotated[str | None, LONG_TEXT_OPTION] = None,
     compiled: CompileOption = False,
+    int8_recheck: Int8RecheckOption = None,
 ) -> None:
     """Classify a file: the input columns plus `label` and one `score_<label>` column per label."""
     from guardtune.predict_files import predict_file
@@ -177,6 +201,8 @@ def predict(
         raise GuardtuneError("--long-text: supported with --engine local only")
     if compiled and engine == "ray":
         raise GuardtuneError("--compile: supported with --engine local only")
+    if int8_recheck is not None and engine == "ray":
+        raise GuardtuneError("--int8-recheck: supported with --engine local only")
     if (device != "auto" or device_map is not None) and engine != "local":
         flag = "--device" if device != "auto" else "--device-map"
         raise GuardtuneError(
@@ -202,9 +228,10 @@ def predict(
             dtype=dtype,
         )
     elif engine == "local":
-        classifier = _load(model, dtype, device, device_map, max_memory, compiled)
+        classifier = _load(model, dtype, device, device_map, max_memory, compiled, int8_recheck)
         classifier.long_text = reading
         counts = predict_file(classifier, data, out_file, batch_size=batch_size)
+        _say_rechecked(classifier)
     else:
         raise GuardtuneError(f"--engine: expected local or ray, found {engine!r}")
     shown = {label or "(none)": n for label, n in counts.items()}

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from guardtune.errors import GuardtuneError
-from guardtune.precision import Int8Linear, causal_lm
+from guardtune.precision import EAGER_FORWARD, Int8Linear, causal_lm
 
 COMPILABLE_METHODS = ("head",)
 # Set to 0 to compile without autotuning the matrix products (see compile_decoder).
@@ -82,4 +82,7 @@ def compile_decoder(model: Any) -> None:
         if isinstance(module, Int8Linear):
             module.shared_input = None
     decoder = base.get_decoder()
+    # Kept for re-scoring in float (guardtune.precision.float_projections): the graphs hold the
+    # int8 weights as constants.
+    setattr(decoder, EAGER_FORWARD, decoder.forward)
     decoder.forward = torch.compile(decoder.forward, dynamic=True)

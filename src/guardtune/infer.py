@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from guardtune.long_text import text_windows
 from guardtune.methods.base import LoraMethod
-from guardtune.methods.decoder import pad_batch
+from guardtune.methods.decoder import PrefixState, pad_batch
+from guardtune.precision import float_projections
+
+# Given a call's scores, which rows to score again with the float weights (``--int8-recheck``).
+Recheck = Callable[[np.ndarray], np.ndarray]
 
 
 def _fits_window(method: LoraMethod, encoded: list[list[int]]) -> bool:
@@ -42,6 +48,7 @@ def predict_scores(
     desc: str = "Scoring",
     reuse_prefix: bool = True,
     long_text: str | None = None,
+    recheck: Recheck | None = None,
 ) -> np.ndarray:
     """Per-label probabilities for ``texts`` as a ``(len(texts), n_labels)`` float array.
 
@@ -52,16 +59,18 @@ def predict_scores(
     Args:
         long_text: ``head-tail`` or ``windows`` (see :mod:`guardtune.long_text`); default: the
             task's setting.
+        recheck: on an int8 model that kept its float weights, picks from all the scores the rows
+            to score again in float (:mod:`guardtune.recheck`); they are scored together, after
+            the others, and their float scores replace the int8 ones.
     """
     n_labels = len(method.task.labels)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
     if (long_text or method.task.long_text) == "windows":
-        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix)
+        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix, recheck)
     encoded = method.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(texts), n_labels), dtype=np.float32)
-    device = method.backbone.device
     # Switching modes walks every submodule (~1,600 on Gemma 3): 10+ ms a call, so only when needed.
     was_training = method.training
     if was_training:
@@ -73,21 +82,49 @@ def predict_scores(
             torch.inference_mode(),
             tqdm(total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False) as bar,
         ):
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                rows = [encoded[i][prefix_length:] for i in chunk]
-                batch = pad_batch(method.backbone.tokenizer, rows, device)
-                out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
-                scores[chunk] = out.float().cpu().numpy()
-                bar.update(len(chunk))
+            _score_in_batches(method, encoded, order, scores, batch_size, prefix_length, prefix, bar)
+            unstable = np.zeros(len(texts), dtype=bool) if recheck is None else recheck(scores)
+            again = [i for i in order if unstable[i]]
+            if again:
+                # Whole prompts: the prefix cache was computed by the int8 projections.
+                with float_projections(method.backbone.model):
+                    _score_in_batches(method, encoded, again, scores, batch_size, 0, None, None)
     finally:
         if was_training:
             method.train()
     return scores
 
 
+def _score_in_batches(
+    method: LoraMethod,
+    encoded: list[list[int]],
+    order: list[int],
+    scores: np.ndarray,
+    batch_size: int,
+    prefix_length: int,
+    prefix: PrefixState | None,
+    bar: tqdm | None,
+) -> None:
+    """Score the rows ``order`` names, ``batch_size`` at a time, into ``scores``."""
+    device = method.backbone.device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows = [encoded[i][prefix_length:] for i in chunk]
+        batch = pad_batch(method.backbone.tokenizer, rows, device)
+        out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
+        scores[chunk] = out.float().cpu().numpy()
+        if bar is not None:
+            bar.update(len(chunk))
+
+
 def _most_flagged_window(
-    method: LoraMethod, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
+    method: LoraMethod,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    reuse_prefix: bool,
+    recheck: Recheck | None,
 ) -> np.ndarray:
     """Score every window of every text; each text gets the scores of its most flagged window."""
     budget = method.message_budget()
@@ -97,7 +134,7 @@ def _most_flagged_window(
         pieces = text_windows(method.backbone.tokenizer, text, budget)
         windows += pieces
         owners += [index] * len(pieces)
-    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail")
+    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail", recheck)
     if len(windows) == len(texts):
         return scores
     flagged = method.task.flag_scores(scores)

@@ -39,9 +39,12 @@ def should_merge(backbone: Backbone, *, sole_adapter: bool, bare_base_needed: bo
     return not (backbone.int8 and bare_base_needed)
 
 
-def prepare_for_inference(backbone: Backbone, merge_adapter: str | None, int8: bool) -> None:
+def prepare_for_inference(
+    backbone: Backbone, merge_adapter: str | None, int8: bool, float_copies: bool = False
+) -> None:
     """Fold ``merge_adapter`` into the base (None: adapters stay apart), then, with ``int8``,
-    quantise the decoder's projections.
+    quantise the decoder's projections (with ``float_copies``, keeping their float layers too,
+    for messages re-scored in float: ``--int8-recheck``).
 
     Both at once merge each projection just before it is quantised, so only one projection's
     merged float weights are resident at a time: merging all of them first held the whole
@@ -51,6 +54,6 @@ def prepare_for_inference(backbone: Backbone, merge_adapter: str | None, int8: b
     if int8:
         if merge_adapter is not None:
             activate(backbone.peft_model, merge_adapter)
-        quantize_projections(backbone.model, merge_adapter=merge_adapter)
+        quantize_projections(backbone.model, merge_adapter=merge_adapter, float_copies=float_copies)
     elif merge_adapter is not None:
         merge_for_inference(backbone, merge_adapter)
