@@ -326,11 +326,11 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     if compiled:  # a single message compiles a graph of its own
         classifier.predict_proba(texts[0])
     warm_up_seconds = time.perf_counter() - warm_up
-    classifier.rechecked = 0
+    rechecked = classifier.rechecked
     started = time.perf_counter()
     scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False)
     seconds = time.perf_counter() - started
-    rechecked = classifier.rechecked
+    rechecked = classifier.rechecked - rechecked
     latencies = []
     for text in texts[: spec["latency_n"]]:
         began = time.perf_counter()
@@ -352,7 +352,11 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         "note": f"projections {classifier.precision}, rest {method.backbone.dtype}; "
         f"RSS {load_rss:.0f} MB once loaded"
         + (f"; decoder compiled, {warm_up_seconds:.0f} s of warm-up" if compiled else "")
-        + (f"; {rechecked} of {len(texts)} re-scored in float (margin {recheck})" if recheck else "")
+        + (
+            f"; {rechecked} of {len(texts)} re-scored in float (margin {classifier.recheck.margin})"
+            if classifier.recheck is not None
+            else ""
+        )
         + (f"; prompt prefix of {reused} tokens reused" if reused else ""),
     }
 

@@ -23,7 +23,7 @@ from guardtune.merging import prepare_for_inference, should_merge
 from guardtune.methods import LoraMethod, get_method
 from guardtune.modeldir import MANIFEST, Manifest, read_manifest
 from guardtune.precision import is_quantized
-from guardtune.recheck import check_margin, unstable_rows
+from guardtune.recheck import Recheck, check_margin, unstable_rows
 from guardtune.task import TaskSpec
 
 
@@ -61,10 +61,8 @@ class Classifier:
         self.calibration = calibration
         # Overrides the task's ``long_text`` setting (``head-tail`` or ``windows``) when set.
         self.long_text: str | None = None
-        # ``--int8-recheck``: the score margin within which an int8 decision is re-scored in float
-        # (None: off), and how many texts (or windows) have been so far.
-        self.recheck_margin: float | None = None
-        self.rechecked = 0
+        # ``--int8-recheck``: re-scoring near ties in float (None: off; see Classifier.load).
+        self.recheck: Recheck | None = None
 
     @classmethod
     def load(
@@ -112,7 +110,8 @@ class Classifier:
                 (200 MB more on the embedded Gemma in bf16) and score again in float every text
                 whose decision moving its scores by this margin could change
                 (:mod:`guardtune.recheck`; :data:`~guardtune.recheck.DEFAULT_RECHECK_MARGIN` is
-                0.125): labels as the float model's at a fraction of its cost. Where int8 falls
+                0.125): the labels of those texts are the float model's, at a fraction of its
+                cost (a label int8 moved by more than the margin is not caught). Where int8 falls
                 back to float it has nothing to do.
 
         Raises:
@@ -171,7 +170,8 @@ class Classifier:
         _check_calibration_precision(directory, calibration, backbone.precision)
         classifier = cls(method, manifest, directory, calibration)
         if int8_recheck is not None and backbone.int8:
-            classifier.recheck_margin = int8_recheck
+            unstable = functools.partial(classifier._unstable, int8_recheck)
+            classifier.recheck = Recheck(int8_recheck, unstable)
         return classifier
 
     @property
@@ -183,6 +183,11 @@ class Classifier:
     def task(self) -> TaskSpec:
         """The task, its policy thresholds replaced by the calibrated ones when calibrated."""
         return calibrated_task(self.manifest.task, self.calibration)
+
+    @property
+    def rechecked(self) -> int:
+        """How many texts ``--int8-recheck`` has scored again in float so far (0 when off)."""
+        return 0 if self.recheck is None else self.recheck.rescored
 
     @property
     def labels(self) -> list[str]:
@@ -205,23 +210,19 @@ class Classifier:
                 scores (the same as ``True`` for an uncalibrated model).
         """
         batch = [texts] if isinstance(texts, str) else list(texts)
-        margin = self.recheck_margin
-        recheck = None if margin is None else functools.partial(self._unstable, margin)
         raw = predict_scores(
             self.method,
             batch,
             batch_size=batch_size,
             progress=progress,
             long_text=self.long_text,
-            recheck=recheck,
+            recheck=self.recheck,
         )
         return self.calibrate_scores(raw) if calibrated else raw
 
     def _unstable(self, margin: float, raw: np.ndarray) -> np.ndarray:
         # Decided as predict decides: calibrated scores against the (calibrated) policy.
-        unstable = unstable_rows(self.task, self.calibrate_scores(raw), margin)
-        self.rechecked += int(unstable.sum())
-        return unstable
+        return unstable_rows(self.task, self.calibrate_scores(raw), margin)
 
     def calibrate_scores(self, raw: np.ndarray) -> np.ndarray:
         """Raw ``predict_proba(..., calibrated=False)`` scores as calibrated ones (unchanged if

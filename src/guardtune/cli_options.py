@@ -56,7 +56,7 @@ Int8RecheckOption = Annotated[
         "--int8-recheck",
         help="With --dtype int8: score again in float (its weights kept, 200 MB more on Gemma 3 "
         "270M) the texts whose label a score change of this margin could flip; 0.125 re-scored "
-        "every label int8 changed on the quickstart's validation messages.",
+        "every label int8 changed on the quickstart's training and validation messages.",
     ),
 ]
 SeedOption = Annotated[int, typer.Option(help="Random seed.")]

@@ -64,7 +64,7 @@ def eval_command(
     classifier = _load(model, dtype, device, device_map, max_memory, compiled, int8_recheck)
     classifier.long_text = reading
     metrics = evaluate(classifier, data, out_dir, group_by=group_by)
-    _say_rechecked(classifier)
+    _say_rechecked(classifier, int8_recheck)
     out.print(metrics_rich_table(metrics, title=f"{data.name} (n={metrics['n']})"))
     if "groups" in metrics:
         out.print(groups_rich_table(metrics["groups"]))
@@ -150,12 +150,16 @@ def _load(
     return classifier
 
 
-def _say_rechecked(classifier: Classifier) -> None:
-    if classifier.recheck_margin is not None:
-        out.print(
-            f"--int8-recheck {classifier.recheck_margin}: {classifier.rechecked} texts re-scored in "
-            f"{str(classifier.method.backbone.dtype).removeprefix('torch.')}"
-        )
+def _say_rechecked(classifier: Classifier, asked: float | None) -> None:
+    if asked is None:
+        return
+    if classifier.recheck is None:
+        out.print(f"--int8-recheck {asked}: off, the model runs in {classifier.precision} (int8 fell back)")
+        return
+    out.print(
+        f"--int8-recheck {asked}: {classifier.rechecked} texts re-scored in "
+        f"{str(classifier.method.backbone.dtype).removeprefix('torch.')}"
+    )
 
 
 def _rate(value: float | None) -> str:
@@ -231,7 +235,7 @@ def predict(
         classifier = _load(model, dtype, device, device_map, max_memory, compiled, int8_recheck)
         classifier.long_text = reading
         counts = predict_file(classifier, data, out_file, batch_size=batch_size)
-        _say_rechecked(classifier)
+        _say_rechecked(classifier, int8_recheck)
     else:
         raise GuardtuneError(f"--engine: expected local or ray, found {engine!r}")
     shown = {label or "(none)": n for label, n in counts.items()}

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from guardtune.long_text import text_windows
 from guardtune.methods.base import LoraMethod
-from guardtune.methods.decoder import PrefixState, pad_batch
+from guardtune.methods.decoder import pad_batch
 from guardtune.precision import float_projections
-
-# Given a call's scores, which rows to score again with the float weights (``--int8-recheck``).
-Recheck = Callable[[np.ndarray], np.ndarray]
+from guardtune.recheck import Recheck
 
 
 def _fits_window(method: LoraMethod, encoded: list[list[int]]) -> bool:
@@ -59,18 +55,24 @@ def predict_scores(
     Args:
         long_text: ``head-tail`` or ``windows`` (see :mod:`guardtune.long_text`); default: the
             task's setting.
-        recheck: on an int8 model that kept its float weights, picks from all the scores the rows
+        recheck: on an int8 model that kept its float weights, picks from all the scores the texts
             to score again in float (:mod:`guardtune.recheck`); they are scored together, after
             the others, and their float scores replace the int8 ones.
     """
     n_labels = len(method.task.labels)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
+    if recheck is not None:
+        with recheck.lock:
+            return _scores_rechecked(
+                method, texts, batch_size, progress, desc, reuse_prefix, long_text, recheck
+            )
     if (long_text or method.task.long_text) == "windows":
-        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix, recheck)
+        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix)
     encoded = method.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(texts), n_labels), dtype=np.float32)
+    device = method.backbone.device
     # Switching modes walks every submodule (~1,600 on Gemma 3): 10+ ms a call, so only when needed.
     was_training = method.training
     if was_training:
@@ -82,51 +84,65 @@ def predict_scores(
             torch.inference_mode(),
             tqdm(total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False) as bar,
         ):
-            _score_in_batches(method, encoded, order, scores, batch_size, prefix_length, prefix, bar)
-            unstable = np.zeros(len(texts), dtype=bool) if recheck is None else recheck(scores)
-            again = [i for i in order if unstable[i]]
-            if again:
-                # Whole prompts: the prefix cache was computed by the int8 projections.
-                with float_projections(method.backbone.model):
-                    _score_in_batches(method, encoded, again, scores, batch_size, 0, None, None)
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                rows = [encoded[i][prefix_length:] for i in chunk]
+                batch = pad_batch(method.backbone.tokenizer, rows, device)
+                out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
+                scores[chunk] = out.float().cpu().numpy()
+                bar.update(len(chunk))
     finally:
         if was_training:
             method.train()
     return scores
 
 
-def _score_in_batches(
-    method: LoraMethod,
-    encoded: list[list[int]],
-    order: list[int],
-    scores: np.ndarray,
-    batch_size: int,
-    prefix_length: int,
-    prefix: PrefixState | None,
-    bar: tqdm | None,
-) -> None:
-    """Score the rows ``order`` names, ``batch_size`` at a time, into ``scores``."""
-    device = method.backbone.device
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        rows = [encoded[i][prefix_length:] for i in chunk]
-        batch = pad_batch(method.backbone.tokenizer, rows, device)
-        out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
-        scores[chunk] = out.float().cpu().numpy()
-        if bar is not None:
-            bar.update(len(chunk))
-
-
-def _most_flagged_window(
+def _scores_rechecked(
     method: LoraMethod,
     texts: list[str],
     batch_size: int,
     progress: bool,
     desc: str,
     reuse_prefix: bool,
-    recheck: Recheck | None,
+    long_text: str | None,
+    recheck: Recheck,
 ) -> np.ndarray:
-    """Score every window of every text; each text gets the scores of its most flagged window."""
+    """:func:`predict_scores` in int8, then again in float for the texts ``recheck`` picks.
+
+    A text read in windows is re-scored whole (every window) when its decision is unstable, or
+    when another of its windows is flagged within twice the margin below the one that decides it:
+    int8 could have swapped which window decides.
+    """
+    windowed = (long_text or method.task.long_text) == "windows"
+    owner = np.arange(len(texts))
+    pieces = texts
+    if windowed:
+        pieces, owners = _windows(method, texts)
+        owner = np.array(owners)
+    scores = predict_scores(method, pieces, batch_size, progress, desc, reuse_prefix, "head-tail")
+    best = _most_flagged(method, scores, owner, len(texts))
+    unstable = recheck.unstable(scores[best])
+    if windowed:
+        flagged = method.task.flag_scores(scores)
+        top = flagged[best][owner]
+        # Windows flagged exactly alike (the same words twice) score alike in float too.
+        close = (flagged >= top - 2 * recheck.margin) & (flagged < top)
+        unstable |= np.bincount(owner, weights=close, minlength=len(texts)) > 0
+    again = np.flatnonzero(unstable[owner])
+    if len(again):
+        # Whole prompts, no prefix cache: the cached one was computed by the int8 projections.
+        with float_projections(method.backbone.model):
+            scores[again] = predict_scores(
+                method, [pieces[i] for i in again], batch_size, progress, f"{desc} in float",
+                reuse_prefix=False, long_text="head-tail",
+            )  # fmt: skip
+        best = _most_flagged(method, scores, owner, len(texts))
+    recheck.rescored += int(unstable.sum())
+    return scores[best]
+
+
+def _windows(method: LoraMethod, texts: list[str]) -> tuple[list[str], list[int]]:
+    """Every text's windows (see :func:`guardtune.long_text.text_windows`) and the text each is of."""
     budget = method.message_budget()
     owners: list[int] = []
     windows: list[str] = []
@@ -134,14 +150,26 @@ def _most_flagged_window(
         pieces = text_windows(method.backbone.tokenizer, text, budget)
         windows += pieces
         owners += [index] * len(pieces)
-    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail", recheck)
-    if len(windows) == len(texts):
-        return scores
+    return windows, owners
+
+
+def _most_flagged(method: LoraMethod, scores: np.ndarray, owner: np.ndarray, n_texts: int) -> np.ndarray:
+    """Per text, the row of ``scores`` (one per window, ``owner`` naming its text) flagged most."""
+    if len(owner) == n_texts:
+        return owner
     flagged = method.task.flag_scores(scores)
-    owner = np.array(owners)
-    best = np.full(len(texts), -1)
-    for row in range(len(windows)):
+    best = np.full(n_texts, -1)
+    for row in range(len(owner)):
         current = best[owner[row]]
         if current < 0 or flagged[row] > flagged[current]:
             best[owner[row]] = row
-    return scores[best]
+    return best
+
+
+def _most_flagged_window(
+    method: LoraMethod, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
+) -> np.ndarray:
+    """Score every window of every text; each text gets the scores of its most flagged window."""
+    windows, owners = _windows(method, texts)
+    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail")
+    return scores[_most_flagged(method, scores, np.array(owners), len(texts))]

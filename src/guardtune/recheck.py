@@ -6,13 +6,16 @@ boundary: two labels nearly tied, or a score near its threshold. A message is *u
 margin ``m`` when moving one of its scores by ``m``, or two of them by ``m`` in opposite
 directions, changes what the task's policy decides. Those messages, and only those, are scored
 again with the float weights the int8 projections kept (:func:`guardtune.precision.float_projections`),
-so the labels are the float model's wherever int8 could have changed them. docs/int8.md has how the
-default margin was chosen and what it costs.
+so their labels are the float model's (up to float rounding: they are batched apart). A label whose
+scores int8 moved by more than the margin is not caught. docs/int8.md has how the default margin
+was chosen and what it costs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,6 +25,25 @@ from guardtune.task import TaskSpec
 # Chosen on the quickstart model's training and validation messages (2,160): at 0.125 every label
 # that int8 changed there, eager or compiled, was re-scored (docs/int8.md).
 DEFAULT_RECHECK_MARGIN = 0.125
+
+
+@dataclass
+class Recheck:
+    """What :func:`guardtune.infer.predict_scores` needs to re-score near ties in float.
+
+    Attributes:
+        margin: the score change a decision must survive (see :func:`unstable_rows`).
+        unstable: which rows of a call's (raw) scores to score again, as the caller decides them
+            (the classifier: calibrated scores against its calibrated policy).
+        rescored: how many texts have been scored again so far (a windowed text counts once).
+        lock: held for a whole call: the float pass switches the model's projections, so two
+            calls must not interleave.
+    """
+
+    margin: float
+    unstable: Callable[[np.ndarray], np.ndarray]
+    rescored: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def check_margin(margin: float) -> float:
