@@ -455,9 +455,9 @@ def quantize_projections(
             merged float weights of one projection are resident at a time, not of all of them
             (on Gemma 3 270M the load's peak falls by about 100 MB). Projections kept in float
             are merged too, so the result is the same as merging first.
-        float_copies: keep each projection's (merged) float layer beside its int8 form, so that
-            :func:`float_projections` can run the model exactly as in float: the float weights
-            stay resident (200 MB more on Gemma 3 270M in bf16).
+        float_copies: keep each projection's (merged) float weights beside its int8 form, so that
+            :func:`float_projections` can run the model as the float model runs: they stay
+            resident (200 MB more on Gemma 3 270M in bf16).
 
     Returns:
         How many projections were quantised.
@@ -510,9 +510,9 @@ def _merge_kept_float(
 
 @contextlib.contextmanager
 def float_projections(model: nn.Module) -> Iterator[None]:
-    """Run every int8 projection of ``model`` through the float layer it kept (see
-    ``quantize_projections(float_copies=True)``) inside the block, a compiled decoder eagerly: the
-    model then computes what the float model computes.
+    """Run every int8 projection of ``model`` on the float weights it kept (see
+    ``quantize_projections(float_copies=True)``) inside the block, and a compiled decoder eagerly:
+    a batch then gets the scores the float model gives it.
 
     Raises:
         GuardtuneError: a projection kept no float layer.
