@@ -98,7 +98,7 @@ def test_a_compiled_int8_decoder_rechecks_in_the_eager_float_one(
     compiled = Classifier.load(model_dir, dtype="int8", compiled=True, int8_recheck=0.999)
     decoder = compiled.method.backbone.peft_model.get_base_model().get_decoder()
     compiled_forward = decoder.forward
-    float_name = "bf16" if compiled.method.backbone.dtype == torch.bfloat16 else "fp32"
+    float_name = compiled.method.backbone.float_precision
     expected = Classifier.load(model_dir, dtype=float_name).predict_proba(texts, batch_size=8)
     # Every text re-scored: the decoder ran eagerly on the float weights, and is compiled again after.
     np.testing.assert_array_equal(compiled.predict_proba(texts, batch_size=8), expected)

@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import run_cli
 
 from guardtune import precision
@@ -40,7 +39,7 @@ def _texts(toy_files: dict[str, Path]) -> list[str]:
 
 def _float_name(classifier: Classifier) -> str:
     # What the int8 model runs outside its projections (bf16 where the CPU has it natively).
-    return "bf16" if classifier.method.backbone.dtype == torch.bfloat16 else "fp32"
+    return classifier.method.backbone.float_precision
 
 
 def test_a_near_tie_is_unstable_and_a_clear_decision_is_not() -> None:

@@ -83,9 +83,12 @@ class Backbone:
     @property
     def precision(self) -> str:
         """``int8``, ``bf16`` or ``fp32``: what the decoder's projections run in."""
-        if self.int8:
-            return "int8"
-        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+        return "int8" if self.int8 else self.float_precision
+
+    @property
+    def float_precision(self) -> str:
+        """``bf16`` or ``fp32``: what everything but int8 projections runs in."""
+        return float_name(self.dtype)
 
     @property
     def devices(self) -> list[str]:
@@ -201,6 +204,11 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device(name)
     raise GuardtuneError(f"--device: expected auto, cpu or cuda, found {name!r}")
+
+
+def float_name(dtype: torch.dtype) -> str:
+    """``bf16`` for bfloat16, else ``fp32``: a float dtype as the CLI names it."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
 
 
 def resolve_dtype(name: DtypeName | str, device: torch.device | None = None) -> torch.dtype:
@@ -376,7 +384,7 @@ def load_backbone(
     check_options(device_map, memory, device, str(dtype))
     target = resolve_device(map_device_type(device_map) if device_map is not None else device)
     torch_dtype = resolve_dtype(dtype, target)
-    int8 = dtype == "int8" and resolve_int8("bf16" if torch_dtype == torch.bfloat16 else "fp32")
+    int8 = dtype == "int8" and resolve_int8(float_name(torch_dtype))
     extra: dict[str, Any] = {}
     if quantize is not None:
         # Quantised layers are created on their device: they cannot be moved afterwards.

@@ -158,7 +158,7 @@ def _say_rechecked(classifier: Classifier, asked: float | None) -> None:
         return
     out.print(
         f"--int8-recheck {asked}: {classifier.rechecked} texts re-scored in "
-        f"{str(classifier.method.backbone.dtype).removeprefix('torch.')}"
+        f"{classifier.method.backbone.float_precision}"
     )
 
 
