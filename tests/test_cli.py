@@ -222,7 +222,7 @@ TRAINING_ARGS = [
     *("--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0.1", "--lora-targets", "q_proj, v_proj"),
     *("--save-steps", "5", "--max-length", "64", "--dtype", "fp32", "--device", "cpu"),
     *("--gradient-checkpointing", "--seed", "9", "--distill", "0.5,2", "--label-smoothing", "0.1"),
-    *("--neftune-alpha", "5"),
+    *("--neftune-alpha", "5", "--readout", "eos"),
 ]
 
 
@@ -272,6 +272,7 @@ def test_compare_takes_the_training_options_train_takes(
         distill=(0.5, 2.0),
         label_smoothing=0.1,
         neftune_alpha=5.0,
+        readout="eos",
         lora=LoraSettings(r=4, alpha=8, dropout=0.1, target_modules=["q_proj", "v_proj"]),
     )
     assert captured_settings(monkeypatch, "compare", *TRAINING_ARGS) == expected

@@ -38,10 +38,13 @@ TEXTS = ["whats ur snap", "gg nice game", "my number is here call me", "where do
 LORA = LoraSettings(r=4, alpha=8, dropout=0.0)
 
 
-def make_model_dir(base: str, method: str, task, out: Path, seed: int = 0, max_length: int = 64) -> Path:
+def make_model_dir(
+    base: str, method: str, task, out: Path, seed: int = 0, max_length: int = 64, readout: str = "last"
+) -> Path:
     """A model directory as ``guardtune train`` writes it, with seeded random adapter and head."""
     backbone = load_backbone(base, dtype="fp32")
     parts = get_method(method).create(backbone, task, LORA, max_length)
+    parts.readout = readout
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in parts.named_parameters():
@@ -86,11 +89,15 @@ def last_token_logits(model, tokenizer, prompts: list[str]) -> torch.Tensor:
 # -- merged: head -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", [SINGLE, MULTI], ids=["single", "multi"])
+@pytest.mark.parametrize(
+    ("task", "readout"),
+    [(SINGLE, "last"), (MULTI, "last"), (SINGLE, "eos")],
+    ids=["single", "multi", "single-eos"],
+)
 def test_merged_head_loads_as_sequence_classifier_with_guardtune_scores(
-    tiny_base: str, tmp_path: Path, task
+    tiny_base: str, tmp_path: Path, task, readout: str
 ) -> None:
-    source = make_model_dir(tiny_base, "head", task, tmp_path / "model", seed=3)
+    source = make_model_dir(tiny_base, "head", task, tmp_path / "model", seed=3, readout=readout)
     out = export_model(source, "merged", tmp_path / "export")
 
     model, info = AutoModelForSequenceClassification.from_pretrained(
@@ -108,13 +115,18 @@ def test_merged_head_loads_as_sequence_classifier_with_guardtune_scores(
     tokenizer = AutoTokenizer.from_pretrained(out)
     batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
     assert config["pad_token_id"] == tokenizer.pad_token_id
+    lengths = batch["attention_mask"].sum(dim=1)
+    last_ids = batch["input_ids"][torch.arange(len(TEXTS)), lengths - 1]
+    assert bool((last_ids == tokenizer.eos_token_id).all()) == (readout == "eos"), last_ids
     with torch.inference_mode():
         logits = model.eval()(**batch).logits
     exported = logits.sigmoid() if task.mode == "multi" else logits.softmax(-1)
     expected = Classifier.load(source, dtype="fp32").predict_proba(TEXTS)
     np.testing.assert_allclose(exported.numpy(), expected, rtol=0, atol=2e-6)
     assert not np.allclose(expected, expected[0])  # the texts are told apart: the check has teeth
-    assert "AutoModelForSequenceClassification" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "AutoModelForSequenceClassification" in card
+    assert ("--readout eos" in card) == (readout == "eos")
 
 
 def test_merged_head_with_a_bias_is_refused_in_one_line(tiny_base: str, tmp_path: Path) -> None:

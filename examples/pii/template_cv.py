@@ -12,7 +12,7 @@ these figures; the chosen ones are then measured once on the real check set.
 
 Each ``--setting NAME:key=value,...`` overrides the quickstart's TrainSettings (``max_steps``,
 ``learning_rate``, ``batch_size``, ``max_length``, ``label_smoothing``, ``neftune_alpha``,
-``lora_r``, ``lora_dropout``); ``calibrate=1`` also fits the
+``readout``, ``lora_r``, ``lora_dropout``); ``calibrate=1`` also fits the
 calibration on the validation rows, as ``guardtune calibrate`` does, and scores the dev rows again
 with it. Results go to ``OUT/results.jsonl`` (one line per setting and seed) and a table on the
 terminal.
@@ -43,7 +43,7 @@ from guardtune.quickstart import quickstart_settings, write_data
 from guardtune.train import TrainSettings
 
 OPTIONAL_POOLS = ("multi", "frames")
-_NUMBERS = {
+_SETTING_TYPES = {
     "max_steps": int,
     "batch_size": int,
     "max_length": int,
@@ -52,6 +52,7 @@ _NUMBERS = {
     "lora_r": int,
     "lora_dropout": float,
     "neftune_alpha": float,
+    "readout": str,
     "calibrate": int,  # 1: fit temperature and (multi-label) max-F1 thresholds on the validation rows
 }
 
@@ -62,10 +63,12 @@ def parse_setting(spec: str) -> tuple[str, dict[str, Any]]:
     overrides: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key not in _NUMBERS:
-            raise GuardtuneError(f"--setting {spec}: unknown key {key!r} (known: {', '.join(_NUMBERS)})")
+        if key not in _SETTING_TYPES:
+            raise GuardtuneError(
+                f"--setting {spec}: unknown key {key!r} (known: {', '.join(_SETTING_TYPES)})"
+            )
         try:
-            overrides[key] = _NUMBERS[key](value)
+            overrides[key] = _SETTING_TYPES[key](value)
         except ValueError:
             raise GuardtuneError(f"--setting {spec}: {key}: expected a number, found {value!r}") from None
     return name or "baseline", overrides

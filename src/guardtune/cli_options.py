@@ -142,6 +142,13 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
         "neftune_alpha",
     ),
     TrainingOption(
+        "readout",
+        str,
+        "Where the head reads the decoder: last (the message's last token) or eos (an "
+        "end-of-sequence token appended to every message).",
+        "readout",
+    ),
+    TrainingOption(
         "distill",
         str | None,
         "ALPHA,TEMPERATURE: mix KL to the teacher's p_<label> columns into the loss.",

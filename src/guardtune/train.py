@@ -31,7 +31,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.errors import GuardtuneError
-from guardtune.methods.base import LoraMethod, check_label_smoothing
+from guardtune.methods.base import LoraMethod, check_label_smoothing, check_readout
 from guardtune.train_settings import TrainSettings
 
 # What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
@@ -232,8 +232,10 @@ def fit(
     if settings.distill is not None and soft_labels is None:
         raise GuardtuneError("--distill: the training file has no teacher scores (p_<label> columns)")
     check_label_smoothing(type(method), settings.label_smoothing)
+    check_readout(type(method), settings.readout)
     method.distill = settings.distill
     method.label_smoothing = settings.label_smoothing
+    method.readout = settings.readout
     teacher = soft_labels if settings.distill is not None else None
     train_set = _RowsDataset(method.features(train_texts, train_labels, teacher))
     val_set = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from guardtune.backbone import DEVICES
 from guardtune.errors import GuardtuneError
+from guardtune.methods.base import READOUTS
 from guardtune.methods.lora import LoraSettings
 from guardtune.quantize import QUANTIZE_MODES
 
@@ -51,6 +52,9 @@ class TrainSettings:
     # NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden size) on the input embeddings
     # of every training step (the HF Trainer's ``neftune_noise_alpha``); 0 adds none.
     neftune_alpha: float = 0.0
+    # Where the classifier reads the decoder: the message's last token, or an end-of-sequence
+    # token appended to every message (``head`` only; see methods/base.py READOUTS).
+    readout: str = "last"
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class TrainSettings:
             problems.append(f"--label-smoothing: expected a number in [0, 1), found {self.label_smoothing}")
         if not 0 <= self.neftune_alpha < math.inf:
             problems.append(f"--neftune-alpha: expected a number >= 0, found {self.neftune_alpha}")
+        if self.readout not in READOUTS:
+            problems.append(f"--readout: expected one of {', '.join(READOUTS)}, found {self.readout!r}")
         if self.distill is not None:
             alpha, temperature = self.distill
             if not 0.0 <= alpha <= 1.0 or temperature <= 0:

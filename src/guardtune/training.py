@@ -27,7 +27,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.eval.model_card import write_model_card
 from guardtune.evaluation import score_examples
 from guardtune.methods import DEFAULT_METHOD, get_method
-from guardtune.methods.base import check_label_smoothing
+from guardtune.methods.base import check_label_smoothing, check_readout
 from guardtune.modeldir import Manifest
 from guardtune.task import TaskSpec, load_task
 
@@ -100,6 +100,7 @@ def train(
         raise GuardtuneError(f"{out}: already exists (choose another --out or pass --overwrite)")
     method_cls = get_method(method)
     check_label_smoothing(method_cls, settings.label_smoothing)
+    check_readout(method_cls, settings.readout)
     if backbone is None:
         resolve_device(settings.device)  # a missing GPU fails here, before data and processes
     train_rows = load_examples(train_path, spec)

@@ -16,6 +16,12 @@ def export_card(merged: MergedModel, fmt: str) -> str:
     )
     labels = "\n".join(f"- `{name}`: {text}" for name, text in task.labels.items())
     lora = manifest.lora
+    usage = merged.method.info.card_usage.replace("{activation}", activation)
+    if merged.method.readout == "eos":
+        usage += (
+            "\n\nThe classifier reads an end-of-sequence token after the message (`--readout eos`): "
+            "this tokenizer appends it, so call it with its special tokens (the default)."
+        )
     sections = [
         f"# {task.name} classifier ({manifest.method} method on {manifest.base}), merged",
         "Exported by [guardtune](https://pypi.org/project/guardtune/) "
@@ -23,7 +29,7 @@ def export_card(merged: MergedModel, fmt: str) -> str:
         f"(r={lora.get('r')}, alpha={lora.get('alpha')}) merged into the base weights in fp32, "
         "saved as a standard Hugging Face model directory (safetensors; nothing is pickled).",
         f"## Labels ({task.mode}-label)\n\n{labels}",
-        "## How to use\n\n" + merged.method.info.card_usage.replace("{activation}", activation),
+        "## How to use\n\n" + usage,
         "`guardtune_export.json` records the task, the labels, the prompt and the versions this "
         "export was made with. guardtune's thresholds and calibration are not applied by other "
         "tools: apply the `task` policy from that file (when it has one) to the scores when you "

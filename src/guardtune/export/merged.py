@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 
 from guardtune.atomic import atomic_dir
@@ -101,6 +101,40 @@ def _vllm_keys(merged: MergedModel, config: Any, ids: list[int]) -> list[str]:
     return tokens
 
 
+# Texts whose ids the exported tokenizer must give as guardtune's tokenizer does, plus its EOS.
+_PROBES = ("whats ur snap?", "hi", "my number is 555 0100, call me", "")
+
+
+def _append_end_token(folder: Path, tokenizer: Any) -> None:
+    """Make the tokenizer saved in ``folder`` append the end-of-sequence token the head reads
+    (``--readout eos``), so transformers and vLLM give the classifier what guardtune gives it.
+
+    The base's tokenizer stays as it is (guardtune appends the token itself); the copy is read back
+    from ``folder``, switched to add EOS (keeping BOS as the base adds it), checked on probe texts,
+    and saved over the first.
+
+    Raises:
+        GuardtuneError: the tokenizer cannot be made to append exactly the EOS token.
+    """
+    refusal = GuardtuneError(
+        f"--format merged: the {type(tokenizer).__name__} tokenizer cannot be saved to append the "
+        "end-of-sequence token the head reads (--readout eos); export a model trained with --readout last"
+    )
+    copy_ = AutoTokenizer.from_pretrained(folder)
+    starts_with_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    try:
+        # transformers rebuilds the post-processor from these two flags (mypy reads the properties
+        # as read-only: their setters are declared apart from them).
+        copy_.add_bos_token = starts_with_bos  # type: ignore[misc]
+        copy_.add_eos_token = True  # type: ignore[misc]
+    except AttributeError as exc:
+        raise refusal from exc
+    for probe in _PROBES:
+        if list(copy_(probe)["input_ids"]) != [*tokenizer(probe)["input_ids"], tokenizer.eos_token_id]:
+            raise refusal
+    copy_.save_pretrained(folder)
+
+
 def write_merged(merged: MergedModel, out: Path, overwrite: bool = False) -> Path:
     """Write the merged export of ``merged`` to the directory ``out`` (atomically).
 
@@ -125,6 +159,8 @@ def write_merged(merged: MergedModel, out: Path, overwrite: bool = False) -> Pat
     with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if method.readout == "eos":
+            _append_end_token(tmp, tokenizer)
         record = export_record(merged, label_tokens)
         (tmp / EXPORT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(export_card(merged, "merged"), encoding="utf-8")

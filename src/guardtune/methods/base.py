@@ -48,6 +48,7 @@ class MethodInfo:
             becomes the line that turns logits into probabilities.
         label_smoothing: whether the method's loss takes ``--label-smoothing`` (methods trained on
             exact answer tokens do not).
+        readouts: the ``--readout`` values the method takes (see :data:`READOUTS`).
     """
 
     description: str
@@ -55,6 +56,7 @@ class MethodInfo:
     merged_as: MergedForm | None = None
     card_usage: str = ""
     label_smoothing: bool = True
+    readouts: tuple[str, ...] = ("last",)
 
     def __post_init__(self) -> None:
         if ("merged" in self.export_formats) != (self.merged_as is not None):
@@ -63,6 +65,20 @@ class MethodInfo:
             raise ValueError("MethodInfo: a gguf export is the merged causal LM (merged_as='causal-lm')")
         if self.export_formats and not self.card_usage:
             raise ValueError("MethodInfo: an exportable method needs card_usage for the export's README")
+
+
+# Where a classifier reads the decoder: ``last``, the message's own last token; ``eos``, an
+# end-of-sequence token appended to every message, whose state is the same token's reading of each
+# context rather than a mix of the context and whichever word ends the message.
+READOUTS = ("last", "eos")
+
+
+def check_readout(method: type[LoraMethod], readout: str) -> None:
+    """Refuse a ``--readout`` the method does not take, before any training."""
+    if readout not in method.info.readouts:
+        raise GuardtuneError(
+            f"--readout {readout}: the {method.name} method takes {', '.join(method.info.readouts)}"
+        )
 
 
 def check_label_smoothing(method: type[LoraMethod], smoothing: float) -> None:
@@ -82,6 +98,8 @@ class LoraMethod(nn.Module, ABC):
         longest_answer: tokens a method decodes after the prompt (room kept free for them).
         distill: ``(alpha, temperature)`` of a teacher's soft labels; set by training.
         label_smoothing: share of the gold label spread over all labels in the loss; set by training.
+        readout: where the classifier reads the decoder (:data:`READOUTS`); set by training and
+            saved with the model by the methods that take more than ``last``.
     """
 
     name: ClassVar[str]  # set by register_method
@@ -102,6 +120,7 @@ class LoraMethod(nn.Module, ABC):
         self.max_length = max_length
         self.distill: tuple[float, float] | None = None
         self.label_smoothing = 0.0
+        self.readout = "last"
         self.shared_prefix: list[int] = []
         self.prompt: PromptEncoder | None = None
         self.longest_answer = 0

@@ -1,7 +1,8 @@
 """The ``head`` method (LoRA-Guard): LoRA on a frozen decoder + a linear head on the last token.
 
 The full-vocabulary LM head is never computed: the decoder's final hidden state at the last real
-token goes through a small ``hidden -> labels`` linear layer. With the adapter disabled the causal
+token (the message's own, or with ``--readout eos`` an end-of-sequence token appended to it) goes
+through a small ``hidden -> labels`` linear layer. With the adapter disabled the causal
 LM is exactly the base model, so one model in memory can both chat and guard (the dual path).
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import DataCollatorWithPadding
@@ -19,7 +21,7 @@ from transformers import DataCollatorWithPadding
 from guardtune.backbone import Backbone
 from guardtune.errors import GuardtuneError
 from guardtune.long_text import head_and_tail
-from guardtune.methods.base import LoraMethod, MethodInfo
+from guardtune.methods.base import READOUTS, LoraMethod, MethodInfo
 from guardtune.methods.decoder import PrefixState, decoder_states_after, last_token_states
 from guardtune.methods.losses import label_features, multi_label_loss, single_label_loss
 from guardtune.methods.registry import register_method
@@ -50,6 +52,24 @@ def positive_weights(task: TaskSpec, labels: list[list[str]], cap: float = 20.0)
     return torch.tensor(np.clip(weights, 1.0, cap), dtype=torch.float32)
 
 
+def saved_readout(path: Path) -> str:
+    """The readout a head was trained with, from its file's metadata (``last`` before it was saved).
+
+    Raises:
+        GuardtuneError: a readout this version does not know.
+    """
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            readout = (handle.metadata() or {}).get("readout", "last")
+    except (OSError, SafetensorError) as exc:
+        raise GuardtuneError(f"{path}: cannot read its metadata ({exc})") from exc
+    if readout not in READOUTS:
+        raise GuardtuneError(
+            f"{path}: readout {readout!r} in its metadata (expected one of {', '.join(READOUTS)})"
+        )
+    return readout
+
+
 @register_method("head")
 class HeadMethod(LoraMethod):
     """LoRA + linear classification head on the last token's hidden state."""
@@ -60,6 +80,7 @@ class HeadMethod(LoraMethod):
         export_formats=("merged",),
         merged_as="sequence-classifier",
         card_usage=USAGE,
+        readouts=("last", "eos"),
     )
     logits_in_forward = True
 
@@ -97,6 +118,7 @@ class HeadMethod(LoraMethod):
         """The method around a loaded adapter, with the head saved beside it."""
         state = read_tensors(directory / HEAD_FILE, device=str(backbone.device))
         method = cls(backbone, adapter_name, task, max_length, bias="bias" in state)
+        method.readout = saved_readout(directory / HEAD_FILE)
         expected = {k: tuple(v.shape) for k, v in method.classifier.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
@@ -108,16 +130,37 @@ class HeadMethod(LoraMethod):
         return method
 
     def save_extras(self, directory: Path) -> None:
-        """The head as safetensors, its label order in the metadata."""
+        """The head as safetensors, its label order and readout in the metadata."""
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
-        save_file(state, str(directory / HEAD_FILE), metadata={"labels": ",".join(self.task.label_names)})
+        metadata = {"labels": ",".join(self.task.label_names), "readout": self.readout}
+        save_file(state, str(directory / HEAD_FILE), metadata=metadata)
 
     # -- data -----------------------------------------------------------------------------------
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids per text: the message itself, its head and tail kept when over ``max_length``."""
+        """Token ids per text: the message itself (and the readout token), its head and tail kept
+        when over ``max_length``."""
         encoded = self.backbone.tokenizer(texts)["input_ids"]
-        return [head_and_tail(list(ids), self.max_length) for ids in encoded]
+        end = self.readout_tokens()
+        return [head_and_tail(list(ids) + end, self.max_length) for ids in encoded]
+
+    def readout_tokens(self) -> list[int]:
+        """What :meth:`encode` appends to every message: nothing, or the end-of-sequence token.
+
+        Raises:
+            GuardtuneError: ``readout == "eos"`` on a tokenizer without an end-of-sequence token.
+        """
+        if self.readout == "last":
+            return []
+        eos = self.backbone.tokenizer.eos_token_id
+        if eos is None:
+            raise GuardtuneError(
+                f"--readout eos: the base {self.backbone.base}'s tokenizer has no end-of-sequence token"
+            )
+        return [int(eos)]
+
+    def message_budget(self) -> int:
+        return super().message_budget() - len(self.readout_tokens())
 
     def features(self, texts: list[str], labels: list[Any], soft_labels: Any = None) -> list[dict[str, Any]]:
         """Training rows: token ids, the gold label (class index or multi-hot row), soft labels."""
