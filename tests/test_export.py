@@ -43,8 +43,7 @@ def make_model_dir(
 ) -> Path:
     """A model directory as ``guardtune train`` writes it, with seeded random adapter and head."""
     backbone = load_backbone(base, dtype="fp32")
-    parts = get_method(method).create(backbone, task, LORA, max_length)
-    parts.readout = readout
+    parts = get_method(method).create(backbone, task, LORA, max_length, readout=readout)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in parts.named_parameters():

@@ -84,8 +84,8 @@ def test_template_cv_setting_parser() -> None:
     smoothed = cv.settings_for("pii-intent", {"label_smoothing": 0.2, "lora_dropout": 0.1}, seed=0)
     assert smoothed.label_smoothing == 0.2 and smoothed.lora.dropout == 0.1 and smoothed.lora.r == 16
     assert cv.settings_for("pii-intent", {}, seed=0).label_smoothing == 0.1  # the quickstart's
-    _, overrides = cv.parse_setting("last:readout=last")
-    assert cv.settings_for("pii-intent", overrides, seed=0).readout == "last"
+    _, overrides = cv.parse_setting("eos:readout=eos")
+    assert cv.settings_for("pii-intent", overrides, seed=0).readout == "eos"
     with pytest.raises(GuardtuneError, match="max_steps: expected a number, found 'a'"):
         cv.parse_setting("x:max_steps=a")
     with pytest.raises(GuardtuneError, match="unknown key 'steps'"):

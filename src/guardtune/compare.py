@@ -13,7 +13,7 @@ from guardtune.atomic import atomic_file
 from guardtune.backbone import DEFAULT_BASE, load_backbone
 from guardtune.data.readers import load_examples
 from guardtune.methods import get_method
-from guardtune.methods.base import check_label_smoothing, check_readout
+from guardtune.methods.base import check_method_settings
 from guardtune.task import TaskSpec, load_task
 from guardtune.train_settings import TrainSettings
 
@@ -40,8 +40,7 @@ def compare_methods(
     settings = settings or TrainSettings()
     for name in methods:
         # Unknown names and settings a method cannot take fail before any training starts.
-        check_label_smoothing(get_method(name), settings.label_smoothing)
-        check_readout(get_method(name), settings.readout)
+        check_method_settings(get_method(name), settings)
     out = Path(out)
     # One base for every method, loaded as `train` would load it (quantised when asked).
     backbone = load_backbone(base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize)

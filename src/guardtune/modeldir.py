@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,11 +114,24 @@ def read_tensors(path: Path, device: str = "cpu") -> dict[str, torch.Tensor]:
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the tensors in a safetensors file, read from its header only."""
+    with _header(path) as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file's header (empty when it has none)."""
+    with _header(path) as handle:
+        return dict(handle.metadata() or {})
+
+
+@contextmanager
+def _header(path: Path) -> Iterator[Any]:
+    """A safetensors file opened for its header, or a one-line error naming the file."""
     if not path.is_file():
         raise GuardtuneError(f"{path}: missing (expected a safetensors file in the model directory)")
     try:
         with safe_open(str(path), framework="pt") as handle:
-            return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118
+            yield handle
     except OSError as exc:
         raise GuardtuneError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     except SafetensorError as exc:

@@ -31,7 +31,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
 from guardtune.errors import GuardtuneError
-from guardtune.methods.base import LoraMethod, check_label_smoothing, check_readout
+from guardtune.methods.base import LoraMethod, check_method_settings
 from guardtune.train_settings import TrainSettings
 
 # What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
@@ -231,11 +231,14 @@ def fit(
             raise GuardtuneError(f"--resume: no checkpoint in {work_dir} to resume from")
     if settings.distill is not None and soft_labels is None:
         raise GuardtuneError("--distill: the training file has no teacher scores (p_<label> columns)")
-    check_label_smoothing(type(method), settings.label_smoothing)
-    check_readout(type(method), settings.readout)
+    check_method_settings(type(method), settings)
+    if settings.readout != method.readout:
+        # The readout is part of the model (create's), not a training knob to switch mid-way.
+        raise GuardtuneError(
+            f"--readout {settings.readout}: this {method.name} model reads at {method.readout}"
+        )
     method.distill = settings.distill
     method.label_smoothing = settings.label_smoothing
-    method.readout = settings.readout
     teacher = soft_labels if settings.distill is not None else None
     train_set = _RowsDataset(method.features(train_texts, train_labels, teacher))
     val_set = None

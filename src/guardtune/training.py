@@ -27,7 +27,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.eval.model_card import write_model_card
 from guardtune.evaluation import score_examples
 from guardtune.methods import DEFAULT_METHOD, get_method
-from guardtune.methods.base import check_label_smoothing, check_readout
+from guardtune.methods.base import check_method_settings
 from guardtune.modeldir import Manifest
 from guardtune.task import TaskSpec, load_task
 
@@ -99,8 +99,7 @@ def train(
     if out.exists() and not overwrite:
         raise GuardtuneError(f"{out}: already exists (choose another --out or pass --overwrite)")
     method_cls = get_method(method)
-    check_label_smoothing(method_cls, settings.label_smoothing)
-    check_readout(method_cls, settings.readout)
+    check_method_settings(method_cls, settings)
     if backbone is None:
         resolve_device(settings.device)  # a missing GPU fails here, before data and processes
     train_rows = load_examples(train_path, spec)
@@ -137,7 +136,9 @@ def train(
                 base, dtype=settings.dtype, device=settings.device, quantize=settings.quantize
             )
     set_seed(settings.seed)
-    model = method_cls.create(backbone, spec, settings.lora, settings.max_length, train_rows.labels)
+    model = method_cls.create(
+        backbone, spec, settings.lora, settings.max_length, train_rows.labels, readout=settings.readout
+    )
     result = fit(
         model,
         train_rows.texts,

@@ -46,6 +46,7 @@ def model_card_text(manifest: Any, metrics_by_split: dict[str, dict[str, Any]]) 
             f"learning rate {training.get('learning_rate')}, seed {training.get('seed')}"
             + (f", label smoothing {training['label_smoothing']}" if training.get("label_smoothing") else "")
             + (f", NEFTune alpha {training['neftune_alpha']}" if training.get("neftune_alpha") else "")
+            + (", read at an appended end-of-sequence token" if training.get("readout") == "eos" else "")
             + "; "
             f"{training.get('seconds')} s at {training.get('examples_per_second')} examples/s; "
             f"final training loss {training.get('train_loss')}."

@@ -107,7 +107,8 @@ _PROBES = ("whats ur snap?", "hi", "my number is 555 0100, call me", "")
 
 def _append_end_token(folder: Path, tokenizer: Any) -> None:
     """Make the tokenizer saved in ``folder`` append the end-of-sequence token the head reads
-    (``--readout eos``), so transformers and vLLM give the classifier what guardtune gives it.
+    (``--readout eos``), so transformers and vLLM give the classifier what guardtune gives it
+    (refused for bases that pad with that token: the classifier would skip it as padding).
 
     The base's tokenizer stays as it is (guardtune appends the token itself); the copy is read back
     from ``folder``, switched to add EOS (keeping BOS as the base adds it), checked on probe texts,
@@ -120,6 +121,14 @@ def _append_end_token(folder: Path, tokenizer: Any) -> None:
         f"--format merged: the {type(tokenizer).__name__} tokenizer cannot be saved to append the "
         "end-of-sequence token the head reads (--readout eos); export a model trained with --readout last"
     )
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        # transformers' classifier reads the last token that is not padding: the appended EOS
+        # would be taken for padding, and the token before it read instead.
+        raise GuardtuneError(
+            "--format merged: the base pads with its end-of-sequence token, which transformers' "
+            "sequence classifier skips as padding, so it cannot read the head's --readout eos token; "
+            "export a model trained with --readout last"
+        )
     copy_ = AutoTokenizer.from_pretrained(folder)
     starts_with_bos = tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
     try:

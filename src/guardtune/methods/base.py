@@ -15,7 +15,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from guardtune.methods.decoder import PrefixCache, PrefixState
 from guardtune.methods.lora import LoraSettings, apply_lora, load_lora, save_lora
 from guardtune.methods.prompting import PromptEncoder
 from guardtune.task import TaskSpec
+
+if TYPE_CHECKING:  # train_settings imports READOUTS from here
+    from guardtune.train_settings import TrainSettings
 
 ExportFormat = Literal["merged", "gguf"]
 # How ``--format merged`` writes a method: transformers' *ForSequenceClassification with the
@@ -74,17 +77,19 @@ READOUTS = ("last", "eos")
 
 
 def check_readout(method: type[LoraMethod], readout: str) -> None:
-    """Refuse a ``--readout`` the method does not take, before any training."""
+    """Refuse a ``--readout`` the method does not take."""
     if readout not in method.info.readouts:
         raise GuardtuneError(
             f"--readout {readout}: the {method.name} method takes {', '.join(method.info.readouts)}"
         )
 
 
-def check_label_smoothing(method: type[LoraMethod], smoothing: float) -> None:
-    """Refuse ``--label-smoothing`` for a method whose loss cannot take it, before any training."""
-    if smoothing and not method.info.label_smoothing:
+def check_method_settings(method: type[LoraMethod], settings: TrainSettings) -> None:
+    """Refuse, before any training, settings the method cannot take: ``--label-smoothing`` for a
+    method trained on exact answers, a ``--readout`` it does not read at."""
+    if settings.label_smoothing and not method.info.label_smoothing:
         raise GuardtuneError(f"--label-smoothing: the {method.name} method trains on exact answers only")
+    check_readout(method, settings.readout)
 
 
 class LoraMethod(nn.Module, ABC):
@@ -98,8 +103,8 @@ class LoraMethod(nn.Module, ABC):
         longest_answer: tokens a method decodes after the prompt (room kept free for them).
         distill: ``(alpha, temperature)`` of a teacher's soft labels; set by training.
         label_smoothing: share of the gold label spread over all labels in the loss; set by training.
-        readout: where the classifier reads the decoder (:data:`READOUTS`); set by training and
-            saved with the model by the methods that take more than ``last``.
+        readout: where the classifier reads the decoder (:data:`READOUTS`); set by :meth:`create`
+            and saved with the model by the methods that take more than ``last``.
     """
 
     name: ClassVar[str]  # set by register_method
@@ -173,9 +178,13 @@ class LoraMethod(nn.Module, ABC):
         lora: LoraSettings,
         max_length: int,
         train_labels: list[Any] | None = None,
+        readout: str = "last",
     ) -> Self:
-        """A new trainable adapter on ``backbone``, fitted to ``train_labels`` where a method uses them."""
+        """A new trainable adapter on ``backbone``, fitted to ``train_labels`` where a method uses
+        them, read at ``readout`` (:data:`READOUTS`)."""
+        check_readout(cls, readout)
         method = cls(backbone, apply_lora(backbone, lora), task, max_length)
+        method.readout = readout
         if train_labels is not None:
             method.weigh_labels(train_labels)
         return method

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from transformers import DataCollatorWithPadding
@@ -25,7 +24,7 @@ from guardtune.methods.base import READOUTS, LoraMethod, MethodInfo
 from guardtune.methods.decoder import PrefixState, decoder_states_after, last_token_states
 from guardtune.methods.losses import label_features, multi_label_loss, single_label_loss
 from guardtune.methods.registry import register_method
-from guardtune.modeldir import read_tensors
+from guardtune.modeldir import read_metadata, read_tensors
 from guardtune.task import TaskSpec
 
 HEAD_FILE = "head.safetensors"
@@ -58,11 +57,7 @@ def saved_readout(path: Path) -> str:
     Raises:
         GuardtuneError: a readout this version does not know.
     """
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            readout = (handle.metadata() or {}).get("readout", "last")
-    except (OSError, SafetensorError) as exc:
-        raise GuardtuneError(f"{path}: cannot read its metadata ({exc})") from exc
+    readout = read_metadata(path).get("readout", "last")
     if readout not in READOUTS:
         raise GuardtuneError(
             f"{path}: readout {readout!r} in its metadata (expected one of {', '.join(READOUTS)})"
