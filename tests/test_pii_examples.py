@@ -83,9 +83,11 @@ def test_template_cv_setting_parser() -> None:
     assert settings.lora.alpha == 16 and settings.max_steps == 240 and settings.seed == 2
     smoothed = cv.settings_for("pii-intent", {"label_smoothing": 0.2, "lora_dropout": 0.1}, seed=0)
     assert smoothed.label_smoothing == 0.2 and smoothed.lora.dropout == 0.1 and smoothed.lora.r == 16
-    assert cv.settings_for("pii-intent", {}, seed=0).label_smoothing == 0.1  # the quickstart's
-    _, overrides = cv.parse_setting("eos:readout=eos")
-    assert cv.settings_for("pii-intent", overrides, seed=0).readout == "eos"
+    quickstart = cv.settings_for("pii-intent", {}, seed=0)
+    assert quickstart.label_smoothing == 0.1 and quickstart.readout == "eos"  # the quickstart's
+    assert cv.settings_for("pii-categories", {}, seed=0).readout == "last"
+    _, overrides = cv.parse_setting("last:readout=last")
+    assert cv.settings_for("pii-intent", overrides, seed=0).readout == "last"
     with pytest.raises(GuardtuneError, match="max_steps: expected a number, found 'a'"):
         cv.parse_setting("x:max_steps=a")
     with pytest.raises(GuardtuneError, match="unknown key 'steps'"):
