@@ -1,6 +1,8 @@
 """The training loop: resume from a light checkpoint, distillation from a teacher's soft labels,
 label smoothing."""
 
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from guardtune.errors import GuardtuneError
 from guardtune.methods import LoraSettings, get_method
 from guardtune.methods.losses import multi_label_loss, single_label_loss
 from guardtune.task import load_task, task_from_dict
-from guardtune.train import TrainSettings, fit
+from guardtune.train import RUN_FILE, TrainSettings, fit
 
 TASK = load_task("pii-intent")
 # The same labels with a short prompt, for the label-tokens student (the tiny test tokenizer spells
@@ -75,6 +77,46 @@ def test_resume_continues_where_it_stopped(
     expected = _trainable(straight)
     for name, tensor in _trainable(resumed).items():
         torch.testing.assert_close(tensor, expected[name], rtol=1e-4, atol=1e-5)
+
+
+def test_resume_refuses_settings_the_run_was_not_started_with(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    rows = load_examples(toy_files["train"], TASK)
+    settings = TrainSettings(
+        max_steps=4, save_steps=2, batch_size=8, max_length=32, seed=5, dtype="fp32", readout="eos"
+    )
+
+    def fresh(readout: str, lora: LoraSettings = settings.lora):
+        torch.manual_seed(settings.seed)
+        backbone = load_backbone(tiny_base, dtype="fp32")
+        return get_method("head").create(backbone, TASK, lora, settings.max_length, readout=readout)
+
+    work = tmp_path / "run.incomplete"
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh("eos"), rows.texts, rows.labels, settings, work, callbacks=[_Interrupt(3)])
+    record = json.loads((work / RUN_FILE).read_text())
+    assert record["readout"] == "eos" and record["method"] == "head" and record["lora.r"] == 16
+    assert "max_steps" not in record  # a resumed run may train for longer
+
+    # Resumed without --readout eos: refused in one line naming the file and the setting.
+    with pytest.raises(GuardtuneError) as error:
+        fit(fresh("last"), rows.texts, rows.labels, replace(settings, readout="last"), work, resume=True)
+    message = str(error.value)
+    assert "\n" not in message and str(work / RUN_FILE) in message
+    assert "readout: started with 'eos', now 'last'" in message
+    # Another LoRA rank and learning rate: both named.
+    other = replace(settings, learning_rate=1e-3, lora=replace(settings.lora, r=4))
+    both = r"learning_rate: started with 0\.0005, now 0\.001; lora\.r: started with 16, now 4 "
+    with pytest.raises(GuardtuneError, match=both):
+        fit(fresh("eos", other.lora), rows.texts, rows.labels, other, work, resume=True)
+    # The same settings with more steps resume and finish.
+    longer = replace(settings, max_steps=6)
+    assert fit(fresh("eos"), rows.texts, rows.labels, longer, work, resume=True).steps == 6
+
+    (work / RUN_FILE).write_text("[1, 2]")
+    with pytest.raises(GuardtuneError, match=r"guardtune_run\.json: expected a JSON object"):
+        fit(fresh("eos"), rows.texts, rows.labels, settings, work, resume=True)
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_base: str, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ one.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -30,10 +31,15 @@ from transformers.integrations.neftune import deactivate_neftune
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import get_last_checkpoint
 
+from guardtune.atomic import atomic_file
 from guardtune.errors import GuardtuneError
 from guardtune.methods.base import LoraMethod, check_method_settings
 from guardtune.train_settings import TrainSettings
 
+# What a run was started with, beside its checkpoints: --resume refuses other settings.
+RUN_FILE = "guardtune_run.json"
+# Settings a resumed run may change: how long it trains, how often it saves, where it runs.
+RESUMABLE_SETTINGS = ("epochs", "max_steps", "save_steps", "device", "gradient_checkpointing")
 # What the Trainer names a checkpoint's weights file; ours holds only the trainable tensors.
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
@@ -197,6 +203,53 @@ def _compute_metrics(mode: str) -> Any:
     return compute
 
 
+def run_record(method: LoraMethod, settings: TrainSettings) -> dict[str, Any]:
+    """What a run was started with, as JSON would read it back: the method, task, base, readout
+    and every training setting but those a resumed run may change."""
+    kept = {k: v for k, v in settings.to_dict().items() if k not in RESUMABLE_SETTINGS and k != "lora"}
+    # One key per LoRA field, so a refusal names the one that differs (``lora.r``).
+    kept.update({f"lora.{k}": v for k, v in settings.lora.to_dict().items()})
+    record = {
+        "method": method.name,
+        "task": method.task.name,
+        "labels": method.task.label_names,
+        "base": str(method.backbone.base),
+        **kept,
+        "readout": method.readout,
+    }
+    return cast(dict[str, Any], json.loads(json.dumps(record)))
+
+
+def check_resumed_run(work_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume a run with settings other than those it was started with.
+
+    A checkpoint holds weights, not what they were trained for: resumed with another readout,
+    LoRA shape or learning rate, training would go on silently as a different run. Runs started
+    before the record was written are resumed unchecked.
+
+    Raises:
+        GuardtuneError: one line naming the record file and every setting that differs.
+    """
+    path = work_dir / RUN_FILE
+    if not path.is_file():
+        return
+    try:
+        started = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GuardtuneError(f"{path}: unreadable ({exc}); delete {work_dir} to start over") from None
+    if not isinstance(started, dict):
+        raise GuardtuneError(f"{path}: expected a JSON object; delete {work_dir} to start over")
+    differing = [key for key in sorted(set(started) | set(record)) if started.get(key) != record.get(key)]
+    if differing:
+        changes = "; ".join(
+            f"{key}: started with {started.get(key)!r}, now {record.get(key)!r}" for key in differing
+        )
+        raise GuardtuneError(
+            f"--resume: {path}: {changes} (resume with the options the run was started with, "
+            "or train afresh without --resume)"
+        )
+
+
 def fit(
     method: LoraMethod,
     train_texts: list[str],
@@ -237,6 +290,13 @@ def fit(
         raise GuardtuneError(
             f"--readout {settings.readout}: this {method.name} model reads at {method.readout}"
         )
+    record = run_record(method, settings)
+    if checkpoint is not None:
+        check_resumed_run(work_dir, record)
+    elif process_state(settings.device).is_main_process:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_file(work_dir / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     method.distill = settings.distill
     method.label_smoothing = settings.label_smoothing
     teacher = soft_labels if settings.distill is not None else None
