@@ -34,6 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from guardtune.atomic import atomic_file
 from guardtune.errors import GuardtuneError
 from guardtune.methods.base import LoraMethod, check_method_settings
+from guardtune.modeldir import read_json_object
 from guardtune.train_settings import TrainSettings
 
 # What a run was started with, beside its checkpoints: --resume refuses other settings.
@@ -204,8 +205,8 @@ def _compute_metrics(mode: str) -> Any:
 
 
 def run_record(method: LoraMethod, settings: TrainSettings) -> dict[str, Any]:
-    """What a run was started with, as JSON would read it back: the method, task, base, readout
-    and every training setting but those a resumed run may change."""
+    """What a run was started with, as JSON would read it back: the method, task, base and every
+    training setting (the readout among them) but those a resumed run may change."""
     kept = {k: v for k, v in settings.to_dict().items() if k not in RESUMABLE_SETTINGS and k != "lora"}
     # One key per LoRA field, so a refusal names the one that differs (``lora.r``).
     kept.update({f"lora.{k}": v for k, v in settings.lora.to_dict().items()})
@@ -215,7 +216,6 @@ def run_record(method: LoraMethod, settings: TrainSettings) -> dict[str, Any]:
         "labels": method.task.label_names,
         "base": str(method.backbone.base),
         **kept,
-        "readout": method.readout,
     }
     return cast(dict[str, Any], json.loads(json.dumps(record)))
 
@@ -233,12 +233,7 @@ def check_resumed_run(work_dir: Path, record: dict[str, Any]) -> None:
     path = work_dir / RUN_FILE
     if not path.is_file():
         return
-    try:
-        started = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GuardtuneError(f"{path}: unreadable ({exc}); delete {work_dir} to start over") from None
-    if not isinstance(started, dict):
-        raise GuardtuneError(f"{path}: expected a JSON object; delete {work_dir} to start over")
+    started = read_json_object(path)
     differing = [key for key in sorted(set(started) | set(record)) if started.get(key) != record.get(key)]
     if differing:
         changes = "; ".join(
@@ -290,10 +285,11 @@ def fit(
         raise GuardtuneError(
             f"--readout {settings.readout}: this {method.name} model reads at {method.readout}"
         )
+    state = process_state(settings.device)
     record = run_record(method, settings)
     if checkpoint is not None:
         check_resumed_run(work_dir, record)
-    elif process_state(settings.device).is_main_process:
+    elif state.is_main_process:
         work_dir.mkdir(parents=True, exist_ok=True)
         with atomic_file(work_dir / RUN_FILE) as tmp:
             tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -304,7 +300,7 @@ def fit(
     val_set = None
     if val_texts and val_labels:
         val_set = _RowsDataset(method.features(val_texts, val_labels))
-    processes = process_state(settings.device).num_processes
+    processes = state.num_processes
     # Rows per optimizer step over every process: `--max-steps` and epochs count global batches.
     per_step = settings.batch_size * settings.gradient_accumulation * processes
     steps_per_epoch = max(1, math.ceil(len(train_set) / per_step))
