@@ -10,6 +10,7 @@ import pytest
 from conftest import load_script
 
 from guardtune.api import train
+from guardtune.backbone import load_backbone
 from guardtune.classifier import Classifier
 from guardtune.data.synth import list_families, template_frame, template_pools
 from guardtune.data.synth.families import phrasing_key
@@ -92,6 +93,34 @@ def test_template_cv_setting_parser() -> None:
         cv.parse_setting("x:max_steps=a")
     with pytest.raises(GuardtuneError, match="unknown key 'steps'"):
         cv.parse_setting("x:steps=3")
+
+
+def test_styledev_is_labelled_like_the_generator() -> None:
+    rows = pd.read_csv(EXAMPLES / "styledev.csv", keep_default_na=False)
+    families = {f.name: f for f in list_families("pii-intent")}
+    assert list(rows.columns) == ["text", "label", "family"] and len(rows) == 480
+    assert set(rows["family"]) == set(families)
+    for name, group in rows.groupby("family"):
+        # Each row carries a label its family's generator writes (one-label families only theirs).
+        assert set(group["label"]) <= {c for c, share in families[name].class_shares.items() if share > 0}
+    texts = rows["text"].str.strip().str.lower()
+    assert texts.str.len().min() > 0 and not texts.duplicated().any()
+
+
+def test_template_cv_scores_each_also_file_with_every_model(tmp_path: Path, tiny_base: str) -> None:
+    cv = load_script(EXAMPLES / "template_cv.py")
+    styledev = EXAMPLES / "styledev.csv"
+    result = cv.run(
+        "pii-intent", "tiny", {"max_steps": 2}, 0, tmp_path, load_backbone(tiny_base), also=[styledev]
+    )
+    figures = result["also"]["styledev.csv"]
+    reports = tmp_path / "tiny" / "seed0"
+    written = json.loads((reports / "also-styledev" / "metrics.json").read_text(encoding="utf-8"))
+    assert figures["dev_macro_f1"] == written["macro_f1"] and written["n"] == 480
+    assert set(figures["family_accuracy"]) == {f.name for f in list_families("pii-intent")}
+    # The generated dev split (held-out training templates) is still scored on its own.
+    dev = json.loads((reports / "dev" / "metrics.json").read_text(encoding="utf-8"))
+    assert dev["macro_f1"] == result["dev_macro_f1"] and dev["n"] != 480
 
 
 def test_chat_check_messages() -> None:
