@@ -222,7 +222,7 @@ def run(
             report.classifier, dev_path, dev_dir.with_name("dev-calibrated"), progress=False
         )
         result["calibrated"] = dev_figures(calibrated)
-    # Scored after calibration (when asked for), so both dev sources see the same model.
+    # With calibrate=1 the model is calibrated by now: these are figures like the dev rows' "calibrated".
     for path in also or []:
         metrics = evaluate(report.classifier, path, dev_dir.with_name(f"also-{path.stem}"), progress=False)
         result.setdefault("also", {})[path.name] = dev_figures(metrics)
@@ -268,6 +268,8 @@ def main() -> None:
     for path in args.also:
         if not path.is_file():
             parser.error(f"--also {path}: no such file")
+    if len({path.name for path in args.also}) < len(args.also):
+        parser.error("--also: two files of one name; their figures are kept by file name")
     settings = [parse_setting(spec) for spec in args.setting or ["baseline:"]]
     seeds = [int(s) for s in args.seeds.split(",")]
     backbone = load_backbone(args.base)
