@@ -1,19 +1,24 @@
-"""One forward pass's worth of decoder projections: bf16 against the int8 kernels, same run.
+"""One forward pass's worth of decoder projections: float against the int8 kernels, same run.
 
 A single message is bound by reading the weights, so the weights here are as many and as large
 as a real base's (Gemma 3 270M's shapes by default: 18 layers of q, k, v, o, gate, up and down,
 200 MB in bf16) and each is read once per pass, never from a warm cache. Per row count (tokens
 in the batch) and kernel, the median time of one pass over every projection:
 
-- ``bf16``: ``torch.nn.functional.linear`` on bf16 weights (what ``--dtype bf16`` runs);
+- ``float``: ``torch.nn.functional.linear`` on float weights, in ``--float`` (by default what
+  ``--dtype auto`` runs here: bf16 on CPUs with native bf16, else fp32);
 - ``int8 unpacked``: ``torch._int_mm`` on int8 weights in plain layout (oneDNN reorders them on
   every call: guardtune's kernel before 2026-12-04);
 - ``int8 packed``: ``torch.ops.onednn.qlinear_pointwise`` on weights packed once into oneDNN's
-  layout (what ``--dtype int8`` runs), bf16 out;
+  layout (what ``--dtype int8`` runs on CPUs with VNNI or AMX), float out;
 - ``int8 packed + quantise``: the same with the activations quantised per token first, as
-  :class:`guardtune.precision.Int8Linear` does (q, k, v and gate, up share one quantisation).
+  :class:`guardtune.precision.Int8Linear` does (q, k, v and gate, up share one quantisation);
+- ``int8 fbgemm + scale``: fbgemm's dynamic int8 linear on 7-bit weights, each token divided by
+  its own scale first (what ``--dtype int8`` runs on CPUs with AVX2 alone; shared like the above).
 
-Activations are random: only the time means anything. Ratios are to the bf16 row of the same run.
+The oneDNN rows on a CPU without VNNI or AMX time a kernel whose 16-bit sums saturate (its results
+are wrong there); they are printed for the comparison only. Activations are random: only the time
+means anything. Ratios are to the float row of the same run.
 
     python benchmarks/bench_int8_kernels.py --rows 1 12 64 448 --threads 2
 """
@@ -27,13 +32,23 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from guardtune.precision import ACTIVATION_ZERO_POINT, int8_unavailable_reason, quantise_rows
+from guardtune.backbone import cpu_supports_bf16
+from guardtune.precision import (
+    ACTIVATION_ZERO_POINT,
+    WEIGHT_LEVELS,
+    int8_unavailable_reason,
+    pack_quantised_linear,
+    quantise_rows,
+    scale_rows,
+)
 
-KERNELS = ("bf16", "int8 unpacked", "int8 packed", "int8 packed + quantise")
+KERNELS = ("float", "int8 unpacked", "int8 packed", "int8 packed + quantise", "int8 fbgemm + scale")
+FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def layer_shapes(
@@ -50,23 +65,26 @@ def reads_shared_input(index: int) -> bool:
     return index % 7 in (1, 2, 5)
 
 
-def build_passes(shapes: list[tuple[int, int]], rows: int) -> dict[str, Callable[[], None]]:
-    """One callable per kernel that runs every projection once on ``rows`` tokens."""
+def build_passes(
+    shapes: list[tuple[int, int]], rows: int, dtype: torch.dtype = torch.bfloat16
+) -> dict[str, Callable[[], None]]:
+    """One callable per kernel that runs every projection once on ``rows`` tokens of ``dtype``."""
     generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(n, k, generator=generator, dtype=torch.bfloat16) * 0.02 for k, n in shapes]
+    weights = [torch.randn(n, k, generator=generator, dtype=dtype) * 0.02 for k, n in shapes]
     int8 = [torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8) for k, n in shapes]
     transposed = [w.t().contiguous() for w in int8]
     packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in int8]
     scales = [torch.rand(n, generator=generator) / 100 for _, n in shapes]
     zeros = [torch.zeros(n, dtype=torch.long) for _, n in shapes]
-    inputs = {k: torch.randn(rows, k, generator=generator, dtype=torch.bfloat16) for k, _ in shapes}
+    fbgemm = [fbgemm_packed(w, s) for w, s in zip(int8, scales, strict=True)]
+    inputs = {k: torch.randn(rows, k, generator=generator, dtype=dtype) for k, _ in shapes}
     int8_inputs = {
         k: torch.randint(-127, 128, (rows, k), generator=generator, dtype=torch.int8) for k in inputs
     }
     uint8_inputs = {k: quantise_rows(x)[0] for k, x in inputs.items()}
     del int8  # only the layouts the kernels read stay in memory
 
-    def linear(q: torch.Tensor, i: int, out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    def linear(q: torch.Tensor, i: int, out_dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.ops.onednn.qlinear_pointwise(
             q,
             1.0,
@@ -83,7 +101,7 @@ def build_passes(shapes: list[tuple[int, int]], rows: int) -> dict[str, Callable
             "",
         )
 
-    def bf16() -> None:
+    def float_linear() -> None:
         for i, (k, _) in enumerate(shapes):
             F.linear(inputs[k], weights[i])
 
@@ -99,9 +117,22 @@ def build_passes(shapes: list[tuple[int, int]], rows: int) -> dict[str, Callable
         for i, (k, _) in enumerate(shapes):
             if not reads_shared_input(i):  # projection 0 of a layer is never a sharing reader
                 quantised, scale = quantise_rows(inputs[k])
-            linear(quantised, i).mul_(scale.to(torch.bfloat16))
+            linear(quantised, i).mul_(scale.to(dtype))
 
-    return dict(zip(KERNELS, (bf16, unpacked, packed_only, packed_quantised), strict=True))
+    def fbgemm_scaled() -> None:
+        for i, (k, _) in enumerate(shapes):
+            if not reads_shared_input(i):
+                scaled, scale = scale_rows(inputs[k])
+            torch.ops.quantized.linear_dynamic(scaled, fbgemm[i], False).mul_(scale).to(dtype)
+
+    passes = (float_linear, unpacked, packed_only, packed_quantised, fbgemm_scaled)
+    return dict(zip(KERNELS, passes, strict=True))
+
+
+def fbgemm_packed(int8: torch.Tensor, scales: torch.Tensor) -> Any:
+    """``int8`` weights halved into 7 bits, as guardtune's fbgemm kernel keeps them, packed by fbgemm."""
+    levels = torch.div(int8, 127 // WEIGHT_LEVELS["fbgemm"], rounding_mode="trunc").float()
+    return pack_quantised_linear(levels * scales[:, None], scales, None, "fbgemm")
 
 
 def median_ms(run: Callable[[], None], repeats: int) -> float:
@@ -127,6 +158,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument("--head-dim", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--float",
+        choices=sorted(FLOAT_DTYPES),
+        default="bf16" if cpu_supports_bf16() else "fp32",
+        help="the float row's dtype (default: bf16 where the CPU has native bf16, else fp32)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     reason = int8_unavailable_reason()
@@ -136,21 +173,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     shapes = (
         layer_shapes(args.hidden, args.intermediate, args.heads, args.kv_heads, args.head_dim) * args.layers
     )
-    megabytes = sum(k * n for k, n in shapes) * 2 / 1e6
+    dtype = FLOAT_DTYPES[args.float]
+    megabytes = sum(k * n for k, n in shapes) * dtype.itemsize / 1e6
     print(
-        f"{len(shapes)} projections, {megabytes:.0f} MB in bf16, {args.threads} threads,",
+        f"{len(shapes)} projections, {megabytes:.0f} MB in {args.float}, {args.threads} threads,",
         "torch",
         torch.__version__,
     )
-    print("| rows | kernel | ms per pass | x bf16 |\n|---:|---|---:|---:|")
+    print(f"| rows | kernel | ms per pass | x {args.float} |\n|---:|---|---:|---:|")
     results: list[dict[str, object]] = []
     for rows in args.rows:
-        passes = build_passes(shapes, rows)
+        passes = build_passes(shapes, rows, dtype)
         timings = {name: median_ms(run, args.repeats) for name, run in passes.items()}
         for name, ms in timings.items():
-            speedup = timings["bf16"] / ms
+            speedup = timings["float"] / ms
             results.append(
-                {"rows": rows, "kernel": name, "ms": round(ms, 3), "speedup_over_bf16": round(speedup, 3)}
+                {
+                    "rows": rows,
+                    "kernel": name,
+                    "float": args.float,
+                    "ms": round(ms, 3),
+                    "speedup_over_float": round(speedup, 3),
+                }
             )
             print(f"| {rows} | {name} | {ms:.2f} | {speedup:.2f} |")
     if args.json:

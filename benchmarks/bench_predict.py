@@ -66,7 +66,7 @@ RESULT_KEYS = (
     "tokens",
     "flops_per_token",
     "achieved_tflops",
-    "fraction_of_bf16_peak",
+    "fraction_of_float_peak",
     "macro_f1",
     "agreement_with_seeds",
     "agreement_with_reference",
@@ -301,7 +301,7 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     """(c) guardtune: Classifier.predict_proba (length-bucketed batches, prefix reuse, no LM head)."""
     from guardtune.classifier import Classifier
     from guardtune.infer import reused_prefix
-    from guardtune.precision import ACTIVATION_ENV, FLOAT_ENV
+    from guardtune.precision import ACTIVATION_ENV, FLOAT_ENV, int8_kernel
     from guardtune.recheck import DEFAULT_RECHECK_MARGIN
 
     name, *suffixes = spec["dtype"].split("+")
@@ -349,7 +349,9 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
         "flops": 2 * body * tokens,
         "flops_per_token": 2 * body,
         "macro_f1": macro_f1(names, labels, predicted),
-        "note": f"projections {classifier.precision}, rest {method.backbone.dtype}; "
+        "note": f"projections {classifier.precision}"
+        + (f" ({int8_kernel()} kernel)" if classifier.precision == "int8" else "")
+        + f", rest {method.backbone.dtype}; "
         f"RSS {load_rss:.0f} MB once loaded"
         + (f"; decoder compiled, {warm_up_seconds:.0f} s of warm-up" if compiled else "")
         + (
@@ -499,7 +501,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"bf16 {peak['bf16_tflops']:.2f} TFLOP/s, fp32 {peak['fp32_tflops']:.2f} TFLOP/s.",
         "",
         "| path | method | dtype | msgs | msg/s | x (a) | x (b) | p50 ms | p95 ms | peak RSS MB "
-        f"| % bf16 peak | macro-F1 | agrees with (a) | agrees with {reference} | x {reference} |",
+        f"| % {peak['float']} peak | macro-F1 | agrees with (a) | agrees with {reference} | x {reference} |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["paths"]:
@@ -517,7 +519,9 @@ def markdown(result: dict[str, Any]) -> str:
                     fmt(row["p50_ms"], 0),
                     fmt(row["p95_ms"], 0),
                     fmt(row["peak_rss_mb"], 0),
-                    fmt(None if row["fraction_of_bf16_peak"] is None else 100 * row["fraction_of_bf16_peak"]),
+                    fmt(
+                        None if row["fraction_of_float_peak"] is None else 100 * row["fraction_of_float_peak"]
+                    ),
                     fmt(row["macro_f1"], 3),
                     fmt(row["agreement_with_seeds"], 3),
                     fmt(row["agreement_with_reference"], 4),
@@ -531,7 +535,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def build_row(
-    path: str, spec: dict[str, Any], raw: dict[str, Any], peak_bf16: float, isolate: bool
+    path: str, spec: dict[str, Any], raw: dict[str, Any], peak_float: float, isolate: bool
 ) -> dict[str, Any]:
     seconds = raw["seconds"]
     achieved = raw["flops"] / seconds if seconds > 0 else None
@@ -556,7 +560,7 @@ def build_row(
         "tokens": raw["tokens"],
         "flops_per_token": raw["flops_per_token"],
         "achieved_tflops": achieved / 1e12 if achieved is not None else None,
-        "fraction_of_bf16_peak": achieved / peak_bf16 if achieved is not None else None,
+        "fraction_of_float_peak": achieved / peak_float if achieved is not None else None,
         "macro_f1": raw["macro_f1"],
         "agreement_with_seeds": None,
         "agreement_with_reference": None,
@@ -614,6 +618,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.threads:
         torch.set_num_threads(args.threads)
+    from guardtune.backbone import cpu_supports_bf16
     from guardtune.data.synth import sample
     from guardtune.methods import get_method
     from guardtune.modeldir import read_manifest
@@ -646,6 +651,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     peak_bf16 = matmul_peak(args.matmul_size, torch.bfloat16)
     peak_fp32 = matmul_peak(args.matmul_size, torch.float32)
+    # The float precision --dtype auto runs here: bf16's peak means nothing where it is emulated.
+    float_peak_name = "bf16" if cpu_supports_bf16() else "fp32"
+    peak_float = peak_bf16 if float_peak_name == "bf16" else peak_fp32
 
     common = {"base": base, "data": str(data), "threads": args.threads, "latency_n": args.latency_n}
     rows: list[dict[str, Any]] = []
@@ -660,7 +668,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         spec["dtype"] = "fp32"
         raw = run_path(spec, work, isolate)
         rows.append(
-            build_row("(a) seeds: generate 8 tokens, 1 at a time, fp32", spec, raw, peak_bf16, isolate)
+            build_row("(a) seeds: generate 8 tokens, 1 at a time, fp32", spec, raw, peak_float, isolate)
         )
         predictions[(SEEDS, method)] = raw["predicted"]
     if not args.guardtune_only:
@@ -668,13 +676,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         spec = {**common, "kind": SEQCLS, "n": n, "batch_size": args.batch_size, "dtype": "fp32"}
         spec.update(lora=lora, labels=task.label_names, method=None)
         raw = run_path(spec, work, isolate)
-        rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_bf16, isolate))
+        rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_float, isolate))
     for method, path in by_method.items():
         for dtype in dtypes:
             spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": n}
             spec.update(batch_size=args.batch_size, dtype=dtype)
             raw = run_path(spec, work, isolate)
-            row = build_row("(c) guardtune predict_proba", spec, raw, peak_bf16, isolate)
+            row = build_row("(c) guardtune predict_proba", spec, raw, peak_float, isolate)
             seeds = predictions.get((SEEDS, method))
             if seeds is not None:
                 row["agreement_with_seeds"] = agreement(raw["predicted"][: len(seeds)], seeds)
@@ -713,8 +721,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
         f"all {n} messages where a later dtype picks the label the {dtypes[0]} row picked, and "
         f"'x {dtypes[0]}' its messages/s over that row's (same run). "
-        "int8: the decoder's projections as int8 (oneDNN's packed int8 linear, activations int8 per "
-        "token), the rest as auto; int8@weights: int8 weights, float activations.",
+        "int8: the decoder's projections as int8 (activations int8 per token; the kernel in the "
+        "row's note: oneDNN's packed int8 linear on CPUs with VNNI / AMX, fbgemm's on AVX2 alone), "
+        "the rest as auto; int8@weights: int8 weights, float activations.",
         f"p50/p95: {args.latency_n} single-message calls per path ((a) is single-message already: "
         "all its calls count).",
         "peak RSS: "
@@ -725,7 +734,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else "every path ran in one process: the figure is the process's peak so far, not the path's own."
         )
         + " `imports_rss_mb` in the JSON is the worker's RSS after the imports, before any model.",
-        "% bf16 peak: useful FLOPs / wall time / measured bf16 matmul peak; useful FLOPs = 2 x "
+        f"% {float_peak_name} peak: useful FLOPs / wall time / measured {float_peak_name} matmul peak "
+        "(bf16 where the CPU has native bf16, else fp32); useful FLOPs = 2 x "
         "(non-embedding + LoRA parameters) per token the path computes (non-pad tokens; guardtune "
         "skips the reused prompt prefix), plus the full LM head per generated token for (a); "
         "guardtune's label rows and linear head are not counted.",
@@ -753,7 +763,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "mean_message_tokens": mean_tokens,
         },
         "machine": machine(),
-        "peak_matmul": {"bf16_tflops": peak_bf16 / 1e12, "fp32_tflops": peak_fp32 / 1e12},
+        "peak_matmul": {
+            "bf16_tflops": peak_bf16 / 1e12,
+            "fp32_tflops": peak_fp32 / 1e12,
+            "float": float_peak_name,
+        },
         "paths": rows,
         "notes": notes,
     }

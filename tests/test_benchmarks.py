@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import load_script, run_cli
 
+from guardtune.backbone import cpu_supports_bf16
 from guardtune.precision import int8_unavailable_reason
 
 pytestmark = pytest.mark.benchmark_smoke
@@ -56,6 +57,7 @@ def test_bench_predict_writes_json_and_markdown(
     assert set(result) == {"config", "machine", "peak_matmul", "paths", "notes"}
     assert result["config"]["n"] == 6 and result["config"]["methods"] == ["head", "label-tokens"]
     assert is_number(result["peak_matmul"]["bf16_tflops"]) and result["peak_matmul"]["bf16_tflops"] > 0
+    assert result["peak_matmul"]["float"] == ("bf16" if cpu_supports_bf16() else "fp32")
     paths = result["paths"]
     assert [(p["kind"], p["method"]) for p in paths] == [
         ("seeds", "label-tokens"),
@@ -70,7 +72,7 @@ def test_bench_predict_writes_json_and_markdown(
         assert set(path) == set(bench.RESULT_KEYS)
         for key in ("messages_per_s", "ratio_to_seeds", "ratio_to_seqcls", "p50_ms", "p95_ms"):
             assert is_number(path[key]) and path[key] > 0, (path["path"], key)
-        assert is_number(path["peak_rss_mb"]) and is_number(path["fraction_of_bf16_peak"])
+        assert is_number(path["peak_rss_mb"]) and is_number(path["fraction_of_float_peak"])
         assert path["tokens"] > 0
     seeds, seqcls, head, head_int8, label_tokens, label_tokens_int8 = paths
     assert seeds["ratio_to_seeds"] == pytest.approx(1.0) and seqcls["ratio_to_seqcls"] == pytest.approx(1.0)
@@ -198,7 +200,7 @@ def test_bench_engines_refuses_a_guard_of_another_method(
 
 
 @pytest.mark.skipif(int8_unavailable_reason() is not None, reason="int8 kernels cannot run here")
-def test_bench_int8_kernels_times_every_kernel_against_bf16(tmp_path: Path, one_thread: None) -> None:
+def test_bench_int8_kernels_times_every_kernel_against_float(tmp_path: Path, one_thread: None) -> None:
     bench = load_benchmark("bench_int8_kernels")
     out = tmp_path / "kernels.json"
     rows = bench.main(
@@ -209,5 +211,6 @@ def test_bench_int8_kernels_times_every_kernel_against_bf16(tmp_path: Path, one_
     )  # fmt: skip
     assert json.loads(out.read_text()) == rows
     assert [(r["rows"], r["kernel"]) for r in rows] == [(n, k) for n in (1, 5) for k in bench.KERNELS]
-    assert all(is_number(r["ms"]) and r["ms"] > 0 and is_number(r["speedup_over_bf16"]) for r in rows)
-    assert {r["speedup_over_bf16"] for r in rows if r["kernel"] == "bf16"} == {1.0}
+    assert all(is_number(r["ms"]) and r["ms"] > 0 and is_number(r["speedup_over_float"]) for r in rows)
+    assert {r["speedup_over_float"] for r in rows if r["kernel"] == "float"} == {1.0}
+    assert {r["float"] for r in rows} == {"bf16" if cpu_supports_bf16() else "fp32"}

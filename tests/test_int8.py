@@ -48,24 +48,31 @@ def _int8_layers(classifier: Classifier) -> list[Int8Linear]:
     return [m for m in classifier.method.backbone.model.modules() if isinstance(m, Int8Linear)]
 
 
+# The kernels this CPU runs without saturating: fbgemm's (7-bit weights) on any x86 with AVX2,
+# oneDNN's only with native int8 dot products.
+KERNELS_HERE = [k for k in precision.KERNELS if k == "fbgemm" or precision.cpu_int8_kernel() == "onednn"]
+
+
 @needs_int8
-def test_int8_linear_matches_the_float_layer() -> None:
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_int8_linear_matches_the_float_layer(kernel: str) -> None:
     torch.manual_seed(0)
     linear = nn.Linear(96, 48, bias=True)
     x = torch.randn(3, 5, 96)
     expected = linear(x)
     for activations in ("token", "tensor", "weights"):
-        got = Int8Linear(linear, activations=activations)(x)
+        got = Int8Linear(linear, activations=activations, kernel=kernel)(x)
         assert got.shape == expected.shape and got.dtype == x.dtype
         # int8 weights and activations: about 1% of the output's scale, never the float result.
         error = (got - expected).abs().max() / expected.abs().max()
         assert 0 < error < 0.03, activations
-        assert Int8Linear(linear, activations=activations)(x.bfloat16()).dtype == torch.bfloat16
+        bf16 = Int8Linear(linear, activations=activations, kernel=kernel)(x.bfloat16())
+        assert bf16.dtype == torch.bfloat16
     # One outlier channel in one token: per-token scales keep the other tokens' resolution.
     x[0, 0, 0] = 400.0
     expected = linear(x)[1:]
     errors = {
-        a: (Int8Linear(linear, activations=a)(x)[1:] - expected).abs().max().item()
+        a: (Int8Linear(linear, activations=a, kernel=kernel)(x)[1:] - expected).abs().max().item()
         for a in ("token", "tensor", "weights")
     }
     assert errors["token"] < errors["tensor"] / 4
@@ -74,12 +81,15 @@ def test_int8_linear_matches_the_float_layer() -> None:
 
 
 @needs_int8
-def test_sibling_projections_quantise_their_shared_input_once(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernel", KERNELS_HERE)
+def test_sibling_projections_quantise_their_shared_input_once(
+    kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     names = ("q_proj", "k_proj", "v_proj", "o_proj")
     linears = {name: nn.Linear(64, 32) for name in names}
-    alone = {name: Int8Linear(linear) for name, linear in linears.items()}
-    shared = {f"0.self_attn.{name}.base_layer": Int8Linear(linear) for name, linear in linears.items()}
+    alone = {name: Int8Linear(linear, kernel=kernel) for name, linear in linears.items()}
+    shared = {f"0.self_attn.{n}.base_layer": Int8Linear(linears[n], kernel=kernel) for n in names}
     assert precision.share_inputs(shared) == 1  # q, k, v (under adapters); o reads another input
     layer = {name: shared[f"0.self_attn.{name}.base_layer"] for name in names}
     assert layer["o_proj"].shared_input is None and layer["v_proj"].last_reader
@@ -87,8 +97,9 @@ def test_sibling_projections_quantise_their_shared_input_once(monkeypatch: pytes
     expected = {name: alone[name](x) for name in names}
     k_of_y, k_of_2x = alone["k_proj"](y), alone["k_proj"](2 * x)
     quantised: list[torch.Tensor] = []
-    real = precision.quantise_rows
-    monkeypatch.setattr(precision, "quantise_rows", lambda t: quantised.append(t) or real(t))
+    prepare = "quantise_rows" if kernel == "onednn" else "scale_rows"
+    real = getattr(precision, prepare)
+    monkeypatch.setattr(precision, prepare, lambda t: quantised.append(t) or real(t))
 
     for name in names[:3]:
         assert torch.equal(layer[name](x), expected[name])
@@ -185,6 +196,44 @@ def test_guards_sharing_an_int8_base_keep_their_labels(model_dir: Path, toy_file
 
 
 @needs_int8
+def test_int8_on_an_fp32_cpu_quantises_a_bf16_base_from_its_file_and_keeps_the_embedding_bf16(
+    tiny_base: str, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from guardtune import backbone as backbone_module
+
+    monkeypatch.setattr(backbone_module, "cpu_supports_bf16", lambda: False)  # float precision: fp32
+    base = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(base)
+    assert backbone_module.stored_dtype(base) == torch.bfloat16
+    settings = TrainSettings(epochs=4, batch_size=16, learning_rate=3e-3, max_length=32, seed=7, dtype="fp32")
+    trained = train(TASK, toy_files["train"], tmp_path / "model", base=str(base), settings=settings)
+    directory = trained.directory
+
+    fp32 = Classifier.load(directory, dtype="fp32")
+    int8 = Classifier.load(directory, dtype="int8")
+    model = int8.method.backbone.model
+    embedding = model.get_input_embeddings().weight
+    assert embedding.dtype == torch.bfloat16 and int8.precision == "int8"
+    others = {p.dtype for p in model.parameters() if p is not embedding}
+    assert others == {torch.float32} and len(_int8_layers(int8)) == 14
+    texts = _texts(toy_files)
+    expected, got = fp32.predict_proba(texts), int8.predict_proba(texts)
+    assert (expected.argmax(axis=1) == got.argmax(axis=1)).all()
+    assert 0 < np.abs(expected - got).max() < 0.05
+    # The LM head tied to the bf16 embedding (the server's chat path) reads bf16, returns fp32.
+    ids = int8.method.backbone.tokenizer(texts[:2], return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        assert model(**ids).logits.dtype == torch.float32
+    # Re-scored in float: fp32 projections (merged in bf16) in the fp32 stream.
+    rechecking = Classifier.load(directory, dtype="int8", int8_recheck=0.999)
+    np.testing.assert_allclose(rechecking.predict_proba(texts), expected, rtol=0, atol=0.01)
+    assert rechecking.rechecked == len(texts)
+
+
+@needs_int8
 def test_predict_cli_takes_dtype_int8(
     monkeypatch: pytest.MonkeyPatch, model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -259,6 +308,50 @@ def test_release_pages_gives_a_dropped_weight_back_to_the_system() -> None:
     precision.release_pages(weight)
     assert before - _rss_mb() > 30
     assert weight[2**20 : 2**20 + 1024].abs().sum() == 0  # zero pages on the next read
+
+
+@pytest.mark.parametrize(
+    ("flags", "kernel"),
+    [
+        ({"avx2", "avx512_vnni"}, "onednn"),
+        ({"avx2", "avx_vnni"}, "onednn"),
+        ({"avx2", "amx_int8"}, "onednn"),
+        ({"avx2", "avx512f"}, "fbgemm"),
+        ({"sse4_2"}, None),
+    ],
+)
+def test_the_int8_kernel_follows_the_cpu(
+    flags: set[str], kernel: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.delenv(precision.KERNEL_ENV, raising=False)
+    assert precision.cpu_int8_kernel() == kernel
+    assert precision.cpu_supports_int8() == (kernel is not None)
+    if kernel is None:
+        reason = precision.int8_unavailable_reason()
+        assert reason is not None and reason.startswith("this CPU has no int8 kernel") and "AVX2" in reason
+    else:
+        assert precision.int8_kernel() == kernel
+    monkeypatch.setenv(precision.KERNEL_ENV, "fbgemm")
+    assert precision.int8_kernel() == "fbgemm"
+    monkeypatch.setenv(precision.KERNEL_ENV, "vnni")
+    with pytest.raises(GuardtuneError, match="GUARDTUNE_INT8_KERNEL='vnni': expected one of onednn, fbgemm"):
+        precision.int8_kernel()
+
+
+@needs_int8
+def test_the_fbgemm_kernel_does_not_saturate_on_large_products() -> None:
+    # Large activations against the largest weights in every pair of inputs: 8-bit weights would
+    # overflow AVX2's 16-bit sums of two products (2 x 255 x 127 > 32767); 7-bit ones never do.
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 8, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(8, 256).sign())
+    x = linear.weight[:1].detach().repeat(4, 1) * torch.linspace(1, 4, 4)[:, None]
+    layer = Int8Linear(linear, kernel="fbgemm")
+    assert layer._packed.unpack()[0].int_repr().abs().max() == 63
+    got, expected = layer(x), linear(x)
+    torch.testing.assert_close(got, expected, rtol=0.02, atol=0.0)
 
 
 def test_the_int8_engine_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

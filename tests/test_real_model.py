@@ -96,7 +96,9 @@ def test_train_reload_and_classify_a_message(gemma, tmp_path: Path) -> None:
         bf16_scores = merged.predict_proba(checks)
         int8_scores = Classifier.load(report.directory, dtype="int8").predict_proba(checks)
         top2 = np.sort(bf16_scores, axis=1)[:, -2:]
-        clear = top2[:, 1] - top2[:, 0] > 0.2
+        # fbgemm's 7-bit weights (CPUs with AVX2 alone) moved this 3-step model's scores by up to
+        # 0.15-0.19 (2026-12-06), so two opposite moves can flip a 0.24 margin; oneDNN's 8-bit less.
+        clear = top2[:, 1] - top2[:, 0] > (0.3 if precision.int8_kernel() == "fbgemm" else 0.2)
         assert np.abs(int8_scores - bf16_scores).mean() < 0.06  # 0.028 measured; 0.007 after 120 steps
         assert clear.sum() >= 20
         assert (int8_scores.argmax(axis=1) == bf16_scores.argmax(axis=1))[clear].all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -227,6 +228,21 @@ def resolve_dtype(name: DtypeName | str, device: torch.device | None = None) -> 
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def stored_dtype(source: Path | str) -> torch.dtype | None:
+    """The dtype a local base directory's config says its weights are stored in (``None`` for a
+    hub id, or a config that names none)."""
+    config = Path(source) / "config.json"
+    if isinstance(source, str) or not config.is_file():
+        return None
+    try:
+        settings = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    name = settings.get("dtype") or settings.get("torch_dtype")
+    found = getattr(torch, name, None) if isinstance(name, str) else None
+    return found if isinstance(found, torch.dtype) else None
+
+
 def _embedded_gguf(base: EmbeddedBase) -> Path:
     try:
         package = __import__(base.package)
@@ -395,10 +411,15 @@ def load_backbone(
         torch.set_num_threads(cpu_threads())
         bound_kernel_caches()
     source = resolve_base_dir(base)
+    load_dtype = torch_dtype
+    if int8 and torch_dtype == torch.float32 and not extra and stored_dtype(source) == torch.bfloat16:
+        # Quantised from the mapped bf16 file, not from an fp32 copy of the whole base (2.1 GB peak
+        # on Gemma 3 270M); the rest becomes fp32 after (guardtune.precision.upcast_float_parts).
+        load_dtype = torch.bfloat16
     try:
         with _quiet_loading():
             tokenizer = load_tokenizer(source, cache_root() / "bases")
-            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype, **extra)
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=load_dtype, **extra)
     except (OSError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise GuardtuneError(f"--base {base}: cannot load: {reason}") from exc

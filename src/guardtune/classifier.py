@@ -83,7 +83,7 @@ class Classifier:
         Args:
             directory: the model directory (``guardtune.json``, adapter and head safetensors).
             dtype: ``auto``, ``bf16`` or ``fp32`` for the base model; ``int8`` runs the decoder's
-                (merged) projections as int8 on a CPU with VNNI or AMX and the rest as ``auto``
+                (merged) projections as int8 on a CPU with VNNI, AMX or AVX2 and the rest as ``auto``
                 (elsewhere: a one-line warning and ``auto``).
             backbone: an already loaded base to share (it must be the one the model was trained
                 on); several models then hold one copy of the base weights. Its dtype wins over

@@ -39,7 +39,7 @@ InferenceDtypeOption = Annotated[
     str,
     typer.Option(
         help="auto (bf16 where native), bf16, fp32, or int8: the decoder's projections in int8 "
-        "(CPUs with VNNI / AMX), the rest as auto.",
+        "(CPUs with VNNI / AMX, or AVX2), the rest as auto.",
     ),
 ]
 CompileOption = Annotated[

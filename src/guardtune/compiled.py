@@ -4,10 +4,12 @@ In eager mode a short message spends most of its time between the matrix product
 decoder's several hundred small operations (norms, rotary embedding, attention, dtype casts) is a
 separate call. TorchInductor fuses them into a few generated C++ kernels, and with ``freezing``
 it treats the weights as constants, which is also what lets it keep the int8 projections' packed
-oneDNN weights (:class:`guardtune.precision.Int8Linear`) in the graph. The price is compile time:
-two graphs (a single message, and batches of any size and length, through dynamic shapes), a few
-minutes on a 2-core CPU, paid by the first calls of each process. So it pays off on files of tens
-of thousands of messages, not on a quick check; docs/int8.md has the figures.
+oneDNN weights (:class:`guardtune.precision.Int8Linear`) in the graph; fbgemm's (CPUs with AVX2
+alone) enter it as one opaque custom op per projection (``guardtune::fbgemm_token_linear``).
+The price is compile time: two graphs (a single message, and batches of any size and length,
+through dynamic shapes), a few minutes on a 2-core CPU, paid by the first calls of each process.
+So it pays off on files of tens of thousands of messages, not on a quick check; docs/int8.md has
+the figures.
 
 Only the ``head`` method: the prompt methods continue a cached prompt prefix or decode token by
 token, shapes that would compile graphs of their own.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from guardtune.backbone import Backbone
 from guardtune.methods.lora import activate, merge_for_inference
-from guardtune.precision import quantize_projections
+from guardtune.precision import quantize_projections, upcast_float_parts
 
 
 def should_merge(backbone: Backbone, *, sole_adapter: bool, bare_base_needed: bool) -> bool:
@@ -55,5 +55,7 @@ def prepare_for_inference(
         if merge_adapter is not None:
             activate(backbone.peft_model, merge_adapter)
         quantize_projections(backbone.model, merge_adapter=merge_adapter, float_copies=float_copies)
+        # A bf16 base loaded for int8 on an fp32 CPU: the rest now becomes fp32 (no-op elsewhere).
+        upcast_float_parts(backbone.model, backbone.dtype)
     elif merge_adapter is not None:
         merge_for_inference(backbone, merge_adapter)

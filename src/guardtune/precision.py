@@ -10,8 +10,15 @@ range ("dynamic" quantisation: nothing to calibrate), multiplied by oneDNN's int
 range per call) instead. A single message reads half the weight bytes of bf16, and AVX-512 VNNI /
 AMX run int8 dot products at about twice the bf16 rate.
 
-Where int8 cannot run (no VNNI or AMX on the CPU, a CUDA device, a torch without the quantised
-ops) the model falls back to its float precision with a one-line warning.
+On a CPU with AVX2 but none of those (most AMD EPYC / Ryzen before Zen 4, Intel before Ice Lake),
+where the float precision is fp32, the per-token path multiplies with fbgemm's AVX2 kernels
+instead (``torch.ops.quantized.linear_dynamic``, the ``fbgemm`` kernel): each token is divided by
+its own scale first, so fbgemm's one range per call is one range per token, and the weights keep 7
+bits (|w| <= 63), as AVX2's 8-bit multiply-add sums two products into 16 bits that 8-bit weights
+would saturate.
+
+Where int8 cannot run (neither VNNI, AMX nor AVX2 on the CPU, a CUDA device, a torch without the
+quantised ops) the model falls back to its float precision with a one-line warning.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import re
 import sys
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +43,20 @@ from torch import nn
 from guardtune.errors import GuardtuneError
 
 INT8 = "int8"
-# CPU flags of native int8 dot products: without them fbgemm emulates int8 with 16-bit
-# multiply-adds, and int8 is no faster than bf16.
+# CPU flags of native int8 dot products (32-bit sums of four products), what oneDNN's packed int8
+# linear needs: on AVX2 alone it ran no faster than fp32 here and saturated (below).
 INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# Without them, AVX2's 8-bit multiply-add (vpmaddubsw) sums two uint8 x int8 products into a
+# saturating int16: 2 x 255 x 127 overflows it, 2 x 255 x 63 does not. oneDNN's linear on 8-bit
+# weights lost 45% of a projection's output to it on an AMD EPYC (AVX2); fbgemm's AVX2 kernels
+# on 7-bit weights ran 2.1x fp32 for one message's projections, 2.7x for 12 tokens (docs/int8.md).
+AVX2_FLAG = "avx2"
+# The int8 matrix kernels: oneDNN's packed linear (VNNI / AMX) and fbgemm's dynamic linear (AVX2).
+KERNELS = ("onednn", "fbgemm")
+# Which kernel runs the per-token path (the default is the CPU's: onednn with VNNI or AMX, else fbgemm).
+KERNEL_ENV = "GUARDTUNE_INT8_KERNEL"
+# Largest int8 weight per kernel: 7 bits for fbgemm, so that no pair of products saturates on AVX2.
+WEIGHT_LEVELS = {"onednn": 127, "fbgemm": 63}
 # Modules inside a PEFT LoRA layer that are the adapter itself (kept in float, unmerged adapters
 # add their small low-rank product to the int8 result).
 _ADAPTER_PARTS = ("lora_A", "lora_B", "lora_magnitude_vector")
@@ -77,13 +95,36 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 EAGER_FORWARD = "_guardtune_eager_forward"
 
 
-def cpu_supports_int8() -> bool:
-    """True when the CPU has native int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX-INT8)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(flag in flags.split() for flag in INT8_CPU_FLAGS)
+        return frozenset()
+    return frozenset(text.split())
+
+
+def cpu_int8_kernel() -> str | None:
+    """The int8 kernel this CPU runs best: ``onednn`` with native int8 dot products (AVX-512 VNNI,
+    AVX-VNNI or AMX-INT8), ``fbgemm`` with AVX2 alone, ``None`` without either."""
+    flags = _cpu_flags()
+    if any(flag in flags for flag in INT8_CPU_FLAGS):
+        return "onednn"
+    return "fbgemm" if AVX2_FLAG in flags else None
+
+
+def cpu_supports_int8() -> bool:
+    """True when the CPU runs one of guardtune's int8 kernels (VNNI, AMX or AVX2)."""
+    return cpu_int8_kernel() is not None
+
+
+def int8_kernel() -> str:
+    """The kernel of the per-token path: ``GUARDTUNE_INT8_KERNEL`` or the CPU's
+    (:func:`cpu_int8_kernel`; ``onednn`` where it names none)."""
+    kernel = os.environ.get(KERNEL_ENV) or cpu_int8_kernel() or "onednn"
+    if kernel not in KERNELS:
+        raise GuardtuneError(f"{KERNEL_ENV}={kernel!r}: expected one of {', '.join(KERNELS)}")
+    return kernel
 
 
 def int8_unavailable_reason() -> str | None:
@@ -104,7 +145,9 @@ def int8_unavailable_reason() -> str | None:
     if not engines:
         return "torch has no x86 quantised engine (fbgemm / oneDNN) on this machine"
     if not cpu_supports_int8():
-        return "this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX)"
+        return "this CPU has no int8 kernel guardtune can use (AVX-512 VNNI, AVX-VNNI, AMX or AVX2)"
+    if int8_kernel() == "fbgemm" and "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "torch has no fbgemm engine, which runs int8 on CPUs without VNNI or AMX"
     return None
 
 
@@ -120,8 +163,8 @@ def resolve_int8(float_name: str) -> bool:
 
 class Int8Linear(nn.Module):
     """A frozen ``nn.Linear`` as int8 weights (one scale per output row); activations quantised per
-    token (``token``: oneDNN's packed int8 linear) or per call (``tensor``: torch's quantised
-    linear); input and output keep their float dtype."""
+    token (``token``: oneDNN's packed int8 linear, or fbgemm's on rows divided by their scales) or
+    per call (``tensor``: torch's quantised linear); input and output keep their float dtype."""
 
     def __init__(
         self,
@@ -129,12 +172,16 @@ class Int8Linear(nn.Module):
         engine: str = "x86",
         activations: str = DEFAULT_ACTIVATIONS,
         keep_float: bool = False,
+        kernel: str | None = None,
     ) -> None:
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.engine = engine
         self.activations = activations
+        self.kernel = kernel or int8_kernel()
+        if self.kernel not in KERNELS:
+            raise GuardtuneError(f"int8 kernel {self.kernel!r}: expected one of {', '.join(KERNELS)}")
         # With ``keep_float`` the float weights stay beside their int8 form, for messages re-scored
         # in float (:func:`float_projections`; ``--int8-recheck``); ``run_float`` switches to them.
         # Plain tensors, not parameters: the parameter count and state dict stay the int8 model's.
@@ -147,7 +194,8 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach().float()
         # Symmetric per-row scales: a row with small weights keeps its resolution when another
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
-        scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+        levels = 127 if activations == "weights" else WEIGHT_LEVELS[self.kernel]
+        scales = (weight.abs().amax(dim=1) / levels).clamp_min(1e-12).double()
         self._bias = None if linear.bias is None else linear.bias.detach().float()
         if activations == "weights":
             # Plain int8 rows (Inductor packs them into its own layout when the decoder is
@@ -157,7 +205,7 @@ class Int8Linear(nn.Module):
             rows = torch.round(weight / self._weight_scales.float()[:, None]).clamp_(-127, 127)
             self._int8_weight = rows.to(torch.int8)
             return
-        if activations == "token":
+        if activations == "token" and self.kernel == "onednn":
             # Packed once into oneDNN's blocked layout: unpacked int8 weights (``torch._int_mm``)
             # are reordered on every call, which made a forward pass slower than bf16's.
             int8_weight = torch.round(weight / scales.float()[:, None]).to(torch.int8)
@@ -165,18 +213,11 @@ class Int8Linear(nn.Module):
             self._scales = scales.float()
             self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
             return
-        zero_points = torch.zeros(self.out_features, dtype=torch.long)
-        previous = torch.backends.quantized.engine
-        torch.backends.quantized.engine = engine
-        try:
-            with warnings.catch_warnings():
-                # torch marks its quantised tensor type as deprecated in favour of torchao, whose
-                # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
-                warnings.simplefilter("ignore", UserWarning)
-                qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, self._bias)
-        finally:
-            torch.backends.quantized.engine = previous
+        # The per-token rows are scaled by their own scales, so the bias comes after the product.
+        bias, pack_engine = (None, "fbgemm") if activations == "token" else (self._bias, engine)
+        self._packed = pack_quantised_linear(weight, scales, bias, pack_engine)
+        if activations == "token":
+            self._registry_index = _register_fbgemm_layer(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.run_float and self.float_weight is not None:
@@ -190,13 +231,25 @@ class Int8Linear(nn.Module):
         if self.activations == "token":
             return self._forward_per_token(x)
         # The quantised linear takes and returns fp32; reduce_range=False is exact on VNNI / AMX
-        # (their int8 products accumulate in int32 without the 16-bit saturation of plain AVX2).
+        # (their int8 products accumulate in int32) and, with 7-bit weights, on AVX2.
         y = torch.ops.quantized.linear_dynamic(x.float(), self._packed, False)
         return y.to(x.dtype)
 
     def _forward_per_token(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.shared_input
-        quantised, scale = shared.quantise(x, self.last_reader) if shared else quantise_rows(x)
+        if self.kernel == "fbgemm" and torch.compiler.is_compiling():
+            # One opaque op per projection: TorchInductor cannot trace fbgemm's packed weights, and
+            # without this each projection broke the graph (29 graphs, slower than eager).
+            return torch.ops.guardtune.fbgemm_token_linear(x, self._registry_index)
+        if self.kernel == "fbgemm":
+            rows, scale = shared.quantise(x, self.last_reader, scale_rows) if shared else scale_rows(x)
+            # Every row spans [-127, 127] after its division, so the kernel's one uint8 range per
+            # call quantises each token on its own scale.
+            y = torch.ops.quantized.linear_dynamic(rows, self._packed, False).mul_(scale)
+            if self._bias is not None:
+                y = y.add_(self._bias)
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        quantised, scale = shared.quantise(x, self.last_reader, quantise_rows) if shared else quantise_rows(x)
         # The kernel applies the weights' scales; the tokens' own scales multiply its result (the
         # kernel takes one activation scale per call), and the bias comes after them.
         y = torch.ops.onednn.qlinear_pointwise(
@@ -221,13 +274,65 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
-            f"activations={self.activations}"
+            f"activations={self.activations}, kernel={self.kernel}"
         )
 
 
-def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` as 8-bit rows (one per token) and their float32 scales: symmetric, one scale per row
-    from the row's largest value, stored as uint8 around :data:`ACTIVATION_ZERO_POINT`."""
+# fbgemm per-token layers by index, for the compiled path's custom op (its arguments can only be
+# tensors and numbers, not the packed weights); weak, so that dropped models free their weights.
+_FBGEMM_LAYERS: list[weakref.ref[Int8Linear]] = []
+
+
+def _register_fbgemm_layer(layer: Int8Linear) -> int:
+    _FBGEMM_LAYERS.append(weakref.ref(layer))
+    return len(_FBGEMM_LAYERS) - 1
+
+
+def _fbgemm_layer(index: int) -> Int8Linear:
+    layer = _FBGEMM_LAYERS[index]()
+    if layer is None:
+        raise GuardtuneError(f"int8 projection {index} was freed while a compiled graph still calls it")
+    return layer
+
+
+@torch.library.custom_op("guardtune::fbgemm_token_linear", mutates_args=())
+def fbgemm_token_linear(x: torch.Tensor, index: int) -> torch.Tensor:
+    """The fbgemm per-token projection registered as ``index``, applied to ``x``."""
+    layer = _fbgemm_layer(index)
+    rows, scale = scale_rows(x)
+    y = torch.ops.quantized.linear_dynamic(rows, layer._packed, False).mul_(scale)
+    if layer._bias is not None:
+        y = y.add_(layer._bias)
+    return y.reshape(*x.shape[:-1], layer.out_features).to(x.dtype)
+
+
+@fbgemm_token_linear.register_fake
+def _fbgemm_token_linear_shape(x: torch.Tensor, index: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], _fbgemm_layer(index).out_features)
+
+
+def pack_quantised_linear(
+    weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, engine: str
+) -> Any:
+    """fp32 ``weight`` as int8 rows (``round(weight / scales)``, one scale per row), packed with its
+    ``bias`` for torch's quantised linear by ``engine`` (``fbgemm``, ``onednn`` or ``x86``)."""
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():
+            # torch marks its quantised tensor type as deprecated in favour of torchao, whose
+            # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
+            warnings.simplefilter("ignore", UserWarning)
+            qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(qweight, bias)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def scale_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as float32 rows (one per token) divided by their scales, each row's largest value
+    becoming +-127, and those float32 scales."""
     flat = x.reshape(-1, x.shape[-1])
     # One scale per token: a message's outlier channels no longer coarsen the others' tokens. The
     # largest value is exact in x's own dtype (half the bytes of an fp32 copy for bf16), and
@@ -235,9 +340,15 @@ def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = flat.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-8).div_(127.0)
     # One fresh fp32 copy worked on in place: every new tensor of a batch's size costs a fresh
     # mapping from the allocator, about 3x an in-place pass over it here.
+    return flat.to(torch.float32, copy=True).div_(scale), scale
+
+
+def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` as 8-bit rows (one per token) and their float32 scales: symmetric, one scale per row
+    from the row's largest value, stored as uint8 around :data:`ACTIVATION_ZERO_POINT`."""
+    rows, scale = scale_rows(x)
     # round(v + 128) == round(v) + 128 for |v| <= 127: 128 is even, so ties round alike.
-    rows = flat.to(torch.float32, copy=True).div_(scale).add_(ACTIVATION_ZERO_POINT).round_()
-    return rows.to(torch.uint8), scale
+    return rows.add_(ACTIVATION_ZERO_POINT).round_().to(torch.uint8), scale
 
 
 class SharedInput:
@@ -255,13 +366,20 @@ class SharedInput:
         self._version = -1
         self._value: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def quantise(self, x: torch.Tensor, last_reader: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def quantise(
+        self,
+        x: torch.Tensor,
+        last_reader: bool,
+        prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantise_rows,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``prepare(x)`` (rows and their scales), computed by the first sibling that reads ``x``;
+        siblings share one kernel, so one ``prepare``."""
         source = self._source() if self._source is not None else None
         version = _version(x)
         if self._value is not None and source is x and version == self._version:
             value = self._value
         else:
-            value = quantise_rows(x)
+            value = prepare(x)
             self._source, self._version, self._value = weakref.ref(x), version, value
         if last_reader:
             self._source, self._value = None, None
@@ -463,6 +581,7 @@ def quantize_projections(
         How many projections were quantised.
     """
     engine = engine or int8_engine()
+    kernel = int8_kernel()
     activations = os.environ.get(ACTIVATION_ENV) or DEFAULT_ACTIVATIONS
     if activations not in ACTIVATION_MODES:
         raise GuardtuneError(f"{ACTIVATION_ENV}={activations!r}: expected token, tensor or weights")
@@ -486,7 +605,7 @@ def quantize_projections(
     for path, parent, child, linear in targets:
         if merge_adapter is not None and isinstance(parent, BaseTunerLayer):
             parent.merge(adapter_names=[merge_adapter])
-        quantised[path] = Int8Linear(linear, engine, activations, keep_float=float_copies)
+        quantised[path] = Int8Linear(linear, engine, activations, keep_float=float_copies, kernel=kernel)
         setattr(parent, child, quantised[path])
         if not float_copies and sys.getrefcount(linear.weight) <= 2:  # the module's and the argument's
             release_pages(linear.weight.data)
@@ -506,6 +625,40 @@ def _merge_kept_float(
     for module in model.modules():
         if isinstance(module, BaseTunerLayer) and id(module) not in quantised_parents:
             module.merge(adapter_names=[adapter])
+
+
+def upcast_float_parts(model: nn.Module, dtype: torch.dtype) -> int:
+    """Bring every float weight of ``model`` but its input embedding to ``dtype``, after its
+    projections were quantised from weights loaded in a narrower dtype; returns how many changed.
+
+    ``--dtype int8`` on a CPU without native bf16 runs everything but the int8 projections in fp32,
+    yet loads a bf16 base as bf16 (:func:`guardtune.backbone.load_backbone`): its projections are
+    quantised straight from the memory-mapped file, and the embedding (a third of Gemma 3 270M's
+    parameters, 671 MB in fp32) stays there as bf16, only the rows a batch looks up are read and
+    cast. An output embedding tied to it (the LM head) reads its input in bf16 and returns ``dtype``.
+    """
+    embedding = causal_lm(model).get_input_embeddings()
+    kept = {id(p) for p in embedding.parameters()}
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, Int8Linear) and module.float_weight is not None:
+            module.float_weight = module.float_weight.to(dtype)
+            module.float_bias = None if module.float_bias is None else module.float_bias.to(dtype)
+        tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+        for _, tensor in tensors:
+            if id(tensor) in kept or not tensor.is_floating_point() or tensor.dtype == dtype:
+                continue
+            tensor.data = tensor.data.to(dtype)
+            changed += 1
+    weight = getattr(embedding, "weight", None)
+    stored = None if weight is None else weight.dtype
+    if stored is not None and stored != dtype:
+        embedding.register_forward_hook(lambda _module, _args, output: output.to(dtype))
+        head = causal_lm(model).get_output_embeddings()
+        if head is not None and getattr(head, "weight", None) is weight:
+            head.register_forward_pre_hook(lambda _module, args: tuple(a.to(stored) for a in args))
+            head.register_forward_hook(lambda _module, _args, output: output.to(dtype))
+    return changed
 
 
 @contextlib.contextmanager

@@ -156,6 +156,9 @@ def lm_head_rows(backbone: Backbone, hidden: torch.Tensor, token_ids: torch.Tens
     if token_ids is not None:
         token_ids = token_ids.to(head.weight.device)
     weight = head.weight if token_ids is None else head.weight[token_ids]
+    if token_ids is not None:
+        # A few rows: in the hidden states' precision (a bf16 head under fp32 int8, precision.py).
+        weight = weight.to(dtype=hidden.dtype)
     logits = hidden.to(weight.device, weight.dtype) @ weight.T
     if getattr(head, "bias", None) is not None:
         logits = logits + (head.bias if token_ids is None else head.bias[token_ids])
