@@ -49,7 +49,7 @@ INT8_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # Without them, AVX2's 8-bit multiply-add (vpmaddubsw) sums two uint8 x int8 products into a
 # saturating int16: 2 x 255 x 127 overflows it, 2 x 255 x 63 does not. oneDNN's linear on 8-bit
 # weights lost 45% of a projection's output to it on an AMD EPYC (AVX2); fbgemm's AVX2 kernels
-# on 7-bit weights ran 2.1x fp32 for one message's projections, 2.7x for 12 tokens (docs/int8.md).
+# on 7-bit weights ran 2.1x fp32 for one token's projections, 3.0x for 12 tokens (docs/int8.md).
 AVX2_FLAG = "avx2"
 # The int8 matrix kernels: oneDNN's packed linear (VNNI / AMX) and fbgemm's dynamic linear (AVX2).
 KERNELS = ("onednn", "fbgemm")
@@ -243,12 +243,7 @@ class Int8Linear(nn.Module):
             return torch.ops.guardtune.fbgemm_token_linear(x, self._registry_index)
         if self.kernel == "fbgemm":
             rows, scale = shared.quantise(x, self.last_reader, scale_rows) if shared else scale_rows(x)
-            # Every row spans [-127, 127] after its division, so the kernel's one uint8 range per
-            # call quantises each token on its own scale.
-            y = torch.ops.quantized.linear_dynamic(rows, self._packed, False).mul_(scale)
-            if self._bias is not None:
-                y = y.add_(self._bias)
-            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            return self.fbgemm_product(x, rows, scale)
         quantised, scale = shared.quantise(x, self.last_reader, quantise_rows) if shared else quantise_rows(x)
         # The kernel applies the weights' scales; the tokens' own scales multiply its result (the
         # kernel takes one activation scale per call), and the bias comes after them.
@@ -267,6 +262,15 @@ class Int8Linear(nn.Module):
             [],
             "",
         ).mul_(scale.to(x.dtype))
+        if self._bias is not None:
+            y = y.add_(self._bias)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def fbgemm_product(self, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The projection of ``x`` from its rows divided by their ``scale`` (:func:`scale_rows`)."""
+        # Every row spans [-127, 127] after its division, so the kernel's one uint8 range per call
+        # quantises each token on its own scale.
+        y = torch.ops.quantized.linear_dynamic(rows, self._packed, False).mul_(scale)
         if self._bias is not None:
             y = y.add_(self._bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -298,12 +302,8 @@ def _fbgemm_layer(index: int) -> Int8Linear:
 @torch.library.custom_op("guardtune::fbgemm_token_linear", mutates_args=())
 def fbgemm_token_linear(x: torch.Tensor, index: int) -> torch.Tensor:
     """The fbgemm per-token projection registered as ``index``, applied to ``x``."""
-    layer = _fbgemm_layer(index)
     rows, scale = scale_rows(x)
-    y = torch.ops.quantized.linear_dynamic(rows, layer._packed, False).mul_(scale)
-    if layer._bias is not None:
-        y = y.add_(layer._bias)
-    return y.reshape(*x.shape[:-1], layer.out_features).to(x.dtype)
+    return _fbgemm_layer(index).fbgemm_product(x, rows, scale)
 
 
 @fbgemm_token_linear.register_fake
