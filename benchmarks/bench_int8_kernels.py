@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from guardtune.backbone import cpu_supports_bf16
+from guardtune.backbone import float_name, resolve_dtype
 from guardtune.precision import (
     ACTIVATION_ZERO_POINT,
     WEIGHT_LEVELS,
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     parser.add_argument(
         "--float",
         choices=sorted(FLOAT_DTYPES),
-        default="bf16" if cpu_supports_bf16() else "fp32",
+        default=float_name(resolve_dtype("auto", torch.device("cpu"))),
         help="the float row's dtype (default: bf16 where the CPU has native bf16, else fp32)",
     )
     parser.add_argument("--json", type=Path, help="also write the rows here")

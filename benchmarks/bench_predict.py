@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return {}
     if args.threads:
         torch.set_num_threads(args.threads)
-    from guardtune.backbone import cpu_supports_bf16
+    from guardtune.backbone import float_name, resolve_dtype
     from guardtune.data.synth import sample
     from guardtune.methods import get_method
     from guardtune.modeldir import read_manifest
@@ -652,7 +652,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak_bf16 = matmul_peak(args.matmul_size, torch.bfloat16)
     peak_fp32 = matmul_peak(args.matmul_size, torch.float32)
     # The float precision --dtype auto runs here: bf16's peak means nothing where it is emulated.
-    float_peak_name = "bf16" if cpu_supports_bf16() else "fp32"
+    float_peak_name = float_name(resolve_dtype("auto", torch.device("cpu")))
     peak_float = peak_bf16 if float_peak_name == "bf16" else peak_fp32
 
     common = {"base": base, "data": str(data), "threads": args.threads, "latency_n": args.latency_n}

@@ -323,7 +323,7 @@ def test_release_pages_gives_a_dropped_weight_back_to_the_system() -> None:
 def test_the_int8_kernel_follows_the_cpu(
     flags: set[str], kernel: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.delenv(precision.KERNEL_ENV, raising=False)
     assert precision.cpu_int8_kernel() == kernel
     assert precision.cpu_supports_int8() == (kernel is not None)

@@ -286,9 +286,9 @@ def main() -> None:
                     seed,
                     args.out,
                     backbone,
-                    args.templates,
-                    args.add_train,
-                    args.also,
+                    source=args.templates,
+                    extra=args.add_train,
+                    also=args.also,
                 )
                 log.write(json.dumps(result) + "\n")
                 log.flush()

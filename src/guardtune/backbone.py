@@ -31,7 +31,7 @@ from guardtune.device_map import (
     parse_max_memory,
 )
 from guardtune.errors import GuardtuneError
-from guardtune.precision import resolve_int8
+from guardtune.precision import cpu_flags, resolve_int8
 from guardtune.quantize import quantization_config, unpack_4bit_for_gradients
 from guardtune.tokenizer_cache import load_tokenizer
 
@@ -117,10 +117,7 @@ def cache_root() -> Path:
 
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is ~4x faster."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -96,7 +96,8 @@ EAGER_FORWARD = "_guardtune_eager_forward"
 
 
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read), read once."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -107,7 +108,7 @@ def _cpu_flags() -> frozenset[str]:
 def cpu_int8_kernel() -> str | None:
     """The int8 kernel this CPU runs best: ``onednn`` with native int8 dot products (AVX-512 VNNI,
     AVX-VNNI or AMX-INT8), ``fbgemm`` with AVX2 alone, ``None`` without either."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if any(flag in flags for flag in INT8_CPU_FLAGS):
         return "onednn"
     return "fbgemm" if AVX2_FLAG in flags else None
@@ -370,7 +371,7 @@ class SharedInput:
         self,
         x: torch.Tensor,
         last_reader: bool,
-        prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = quantise_rows,
+        prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``prepare(x)`` (rows and their scales), computed by the first sibling that reads ``x``;
         siblings share one kernel, so one ``prepare``."""
