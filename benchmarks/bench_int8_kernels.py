@@ -1,6 +1,6 @@
 """One forward pass's worth of decoder projections: float against the int8 kernels, same run.
 
-A single message is bound by reading the weights, so the weights here are as many and as large
+A single message reads every weight once, so the weights here are as many and as large
 as a real base's (Gemma 3 270M's shapes by default: 18 layers of q, k, v, o, gate, up and down,
 200 MB in bf16) and each is read once per pass, never from a warm cache. Per row count (tokens
 in the batch) and kernel, the median time of one pass over every projection:
@@ -14,7 +14,10 @@ in the batch) and kernel, the median time of one pass over every projection:
 - ``int8 packed + quantise``: the same with the activations quantised per token first, as
   :class:`guardtune.precision.Int8Linear` does (q, k, v and gate, up share one quantisation);
 - ``int8 fbgemm + scale``: fbgemm's dynamic int8 linear on 7-bit weights, each token divided by
-  its own scale first (what ``--dtype int8`` runs on CPUs with AVX2 alone; shared like the above).
+  its own scale first (shared like the above), one call per projection;
+- ``int8 fbgemm stacked``: guardtune's own fbgemm path
+  (:class:`guardtune.precision.FbgemmProjections`), what ``--dtype int8`` runs on CPUs with AVX2
+  alone: q, k, v stacked into one matrix and gate, up into another, four calls a layer.
 
 The oneDNN rows on a CPU without VNNI or AMX time a kernel whose 16-bit sums saturate (its results
 are wrong there); they are printed for the comparison only. Activations are random: only the time
@@ -41,13 +44,21 @@ from guardtune.backbone import float_name, resolve_dtype
 from guardtune.precision import (
     ACTIVATION_ZERO_POINT,
     WEIGHT_LEVELS,
+    FbgemmProjections,
     int8_unavailable_reason,
     pack_quantised_linear,
     quantise_rows,
     scale_rows,
 )
 
-KERNELS = ("float", "int8 unpacked", "int8 packed", "int8 packed + quantise", "int8 fbgemm + scale")
+KERNELS = (
+    "float",
+    "int8 unpacked",
+    "int8 packed",
+    "int8 packed + quantise",
+    "int8 fbgemm + scale",
+    "int8 fbgemm stacked",
+)
 FLOAT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -77,6 +88,8 @@ def build_passes(
     scales = [torch.rand(n, generator=generator) / 100 for _, n in shapes]
     zeros = [torch.zeros(n, dtype=torch.long) for _, n in shapes]
     fbgemm = [fbgemm_packed(w, s) for w, s in zip(int8, scales, strict=True)]
+    own = [FbgemmProjections(p, (n,), None) for p, (_, n) in zip(fbgemm, shapes, strict=True)]
+    stacked = stack_siblings(own)
     inputs = {k: torch.randn(rows, k, generator=generator, dtype=dtype) for k, _ in shapes}
     int8_inputs = {
         k: torch.randint(-127, 128, (rows, k), generator=generator, dtype=torch.int8) for k in inputs
@@ -125,8 +138,28 @@ def build_passes(
                 scaled, scale = scale_rows(inputs[k])
             torch.ops.quantized.linear_dynamic(scaled, fbgemm[i], False).mul_(scale).to(dtype)
 
-    passes = (float_linear, unpacked, packed_only, packed_quantised, fbgemm_scaled)
+    def fbgemm_stacked() -> None:
+        for (k, _), projections in zip(shapes, stacked, strict=True):
+            if projections is not None:
+                projections.product(inputs[k])
+
+    passes = (float_linear, unpacked, packed_only, packed_quantised, fbgemm_scaled, fbgemm_stacked)
     return dict(zip(KERNELS, passes, strict=True))
+
+
+def stack_siblings(projections: list[FbgemmProjections]) -> list[FbgemmProjections | None]:
+    """Per projection in call order: the stacked weights where it starts a group of siblings (q;
+    gate), its own where it has none (o, down), ``None`` where an earlier sibling multiplies it."""
+    stacked: list[FbgemmProjections | None] = []
+    for i, own in enumerate(projections):
+        if reads_shared_input(i):
+            stacked.append(None)
+        elif reads_shared_input(i + 1):
+            group = projections[i : i + (3 if i % 7 == 0 else 2)]
+            stacked.append(FbgemmProjections.stack(group))
+        else:
+            stacked.append(own)
+    return stacked
 
 
 def fbgemm_packed(int8: torch.Tensor, scales: torch.Tensor) -> Any:

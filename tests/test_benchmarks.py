@@ -16,7 +16,7 @@ import torch
 from conftest import load_script, run_cli
 
 from guardtune.backbone import cpu_supports_bf16
-from guardtune.precision import int8_unavailable_reason
+from guardtune.precision import FbgemmProjections, int8_unavailable_reason
 
 pytestmark = pytest.mark.benchmark_smoke
 
@@ -214,3 +214,18 @@ def test_bench_int8_kernels_times_every_kernel_against_float(tmp_path: Path, one
     assert all(is_number(r["ms"]) and r["ms"] > 0 and is_number(r["speedup_over_float"]) for r in rows)
     assert {r["speedup_over_float"] for r in rows if r["kernel"] == "float"} == {1.0}
     assert {r["float"] for r in rows} == {"bf16" if cpu_supports_bf16() else "fp32"}
+    # The stacked row multiplies q, k, v as one matrix and gate, up as another, as guardtune does.
+    shapes = bench.layer_shapes(64, 128, 2, 1, 32)
+    generator = torch.Generator().manual_seed(0)
+    own = [
+        FbgemmProjections(
+            bench.fbgemm_packed(torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8),
+                                torch.rand(n, generator=generator) / 100),
+            (n,),
+            None,
+        )
+        for k, n in shapes
+    ]  # fmt: skip
+    stacked = bench.stack_siblings(own)
+    sizes = [p.sizes if p else None for p in stacked]
+    assert sizes == [(64, 32, 32), None, None, (64,), (128, 128), None, (64,)]

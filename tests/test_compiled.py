@@ -52,6 +52,7 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     dtype, _, activations = dtype.partition("@")
+    stored = precision._fbgemm_weights
     if dtype == "int8" and precision.int8_unavailable_reason() is not None:
         pytest.skip(f"int8 cannot run here: {precision.int8_unavailable_reason()}")
     if activations:
@@ -85,8 +86,14 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
         expected = eager.predict_proba(texts, batch_size=8)
         assert (batch.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.95
         assert np.abs(batch - expected).mean() < 0.02
-        assert all(m.shared_input is None for m in compiled.method.backbone.model.modules()
-                   if isinstance(m, precision.Int8Linear))  # fmt: skip
+        layers = [m for m in compiled.method.backbone.model.modules() if isinstance(m, precision.Int8Linear)]
+        assert all(m.shared_input is None for m in layers)
+        if activations == "" and precision.int8_kernel() == "fbgemm":
+            # q, k, v and gate, up multiply their stacked weights once: 4 products a layer, not 7.
+            products: list[int] = []
+            monkeypatch.setattr(precision, "_fbgemm_weights", lambda i: products.append(i) or stored(i))
+            compiled.predict_proba(texts[:1])
+            assert len(products) == 4 * len(layers) // 7 and len(set(products)) == len(products)
 
 
 def test_a_compiled_int8_decoder_rechecks_in_the_eager_float_one(

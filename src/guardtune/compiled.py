@@ -5,7 +5,8 @@ decoder's several hundred small operations (norms, rotary embedding, attention, 
 separate call. TorchInductor fuses them into a few generated C++ kernels, and with ``freezing``
 it treats the weights as constants, which is also what lets it keep the int8 projections' packed
 oneDNN weights (:class:`guardtune.precision.Int8Linear`) in the graph; fbgemm's (CPUs with AVX2
-alone) enter it as one opaque custom op per projection (``guardtune::fbgemm_token_linear``).
+alone) enter it as one opaque custom op per product (``guardtune::fbgemm_linear``), the scaling
+around it traced and fused.
 The price is compile time: two graphs (a single message, and batches of any size and length,
 through dynamic shapes), a few minutes on a 2-core CPU, paid by the first calls of each process.
 So it pays off on files of tens of thousands of messages, not on a quick check; docs/int8.md has
@@ -62,7 +63,9 @@ def compile_decoder(model: Any) -> None:
     autotuned matrix products, and turns off duck shaping of dynamic sizes. Sibling int8
     projections stop sharing their quantised input in Python
     (:class:`guardtune.precision.SharedInput`); the compiler fuses the quantisation into the
-    surrounding kernels instead. Call :func:`check_compilable` first.
+    surrounding kernels instead, and keeps one of the siblings' identical calls of a stacked
+    fbgemm product (:class:`guardtune.precision.FbgemmProjections`). Call :func:`check_compilable`
+    first.
     """
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as shape_config

@@ -15,7 +15,8 @@ where the float precision is fp32, the per-token path multiplies with fbgemm's A
 instead (``torch.ops.quantized.linear_dynamic``, the ``fbgemm`` kernel): each token is divided by
 its own scale first, so fbgemm's one range per call is one range per token, and the weights keep 7
 bits (|w| <= 63), as AVX2's 8-bit multiply-add sums two products into 16 bits that 8-bit weights
-would saturate.
+would saturate. Sibling projections' weights are stacked (q, k, v; gate, up), so a layer makes four
+calls of the kernel instead of seven (:class:`FbgemmProjections`).
 
 Where int8 cannot run (neither VNNI, AMX nor AVX2 on the CPU, a CUDA device, a torch without the
 quantised ops) the model falls back to its float precision with a one-line warning.
@@ -35,7 +36,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -93,6 +94,8 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 # Where ``compile_decoder`` keeps the decoder's own forward: re-scoring in float runs it eagerly (the
 # compiled graphs hold the int8 weights as constants).
 EAGER_FORWARD = "_guardtune_eager_forward"
+# What sibling projections share (SharedInput).
+Value = TypeVar("Value")
 
 
 @functools.cache
@@ -189,9 +192,12 @@ class Int8Linear(nn.Module):
         self.float_weight = linear.weight.detach() if keep_float else None
         self.float_bias = None if linear.bias is None or not keep_float else linear.bias.detach()
         self.run_float = False
-        # Set by quantize_projections on projections that read the same input (q, k, v; gate, up).
-        self.shared_input: SharedInput | None = None
+        # Set by quantize_projections on projections that read the same input (q, k, v; gate, up):
+        # oneDNN's quantise that input once; fbgemm's multiply it once, by their stacked weights.
+        self.shared_input: SharedInput[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_reader = True
+        self.fbgemm: FbgemmProjections | None = None
+        self.member = 0  # this projection's place among self.fbgemm's outputs
         weight = linear.weight.detach().float()
         # Symmetric per-row scales: a row with small weights keeps its resolution when another
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
@@ -214,11 +220,12 @@ class Int8Linear(nn.Module):
             self._scales = scales.float()
             self._zero_points = torch.zeros(self.out_features, dtype=torch.long)
             return
-        # The per-token rows are scaled by their own scales, so the bias comes after the product.
-        bias, pack_engine = (None, "fbgemm") if activations == "token" else (self._bias, engine)
-        self._packed = pack_quantised_linear(weight, scales, bias, pack_engine)
         if activations == "token":
-            self._registry_index = _register_fbgemm_layer(self)
+            # The per-token rows are scaled by their own scales, so the bias comes after the product.
+            packed = pack_quantised_linear(weight, scales, None, "fbgemm")
+            self.fbgemm = FbgemmProjections(packed, (self.out_features,), self._bias)
+            return
+        self._packed = pack_quantised_linear(weight, scales, self._bias, engine)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.run_float and self.float_weight is not None:
@@ -237,15 +244,10 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype)
 
     def _forward_per_token(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fbgemm is not None:
+            return self.fbgemm.output(self.member, x, self.last_reader)
         shared = self.shared_input
-        if self.kernel == "fbgemm" and torch.compiler.is_compiling():
-            # One opaque op per projection: TorchInductor cannot trace fbgemm's packed weights, and
-            # without this each projection broke the graph (29 graphs, slower than eager).
-            return torch.ops.guardtune.fbgemm_token_linear(x, self._registry_index)
-        if self.kernel == "fbgemm":
-            rows, scale = shared.quantise(x, self.last_reader, scale_rows) if shared else scale_rows(x)
-            return self.fbgemm_product(x, rows, scale)
-        quantised, scale = shared.quantise(x, self.last_reader, quantise_rows) if shared else quantise_rows(x)
+        quantised, scale = shared.get(x, self.last_reader, quantise_rows) if shared else quantise_rows(x)
         # The kernel applies the weights' scales; the tokens' own scales multiply its result (the
         # kernel takes one activation scale per call), and the bias comes after them.
         y = torch.ops.onednn.qlinear_pointwise(
@@ -267,15 +269,6 @@ class Int8Linear(nn.Module):
             y = y.add_(self._bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
-    def fbgemm_product(self, x: torch.Tensor, rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """The projection of ``x`` from its rows divided by their ``scale`` (:func:`scale_rows`)."""
-        # Every row spans [-127, 127] after its division, so the kernel's one uint8 range per call
-        # quantises each token on its own scale.
-        y = torch.ops.quantized.linear_dynamic(rows, self._packed, False).mul_(scale)
-        if self._bias is not None:
-            y = y.add_(self._bias)
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
-
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, engine={self.engine}, "
@@ -283,33 +276,92 @@ class Int8Linear(nn.Module):
         )
 
 
-# fbgemm per-token layers by index, for the compiled path's custom op (its arguments can only be
-# tensors and numbers, not the packed weights); weak, so that dropped models free their weights.
-_FBGEMM_LAYERS: list[weakref.ref[Int8Linear]] = []
+class FbgemmProjections:
+    """fbgemm's packed int8 weights of one projection, or of sibling projections that read one input
+    (q, k, v; gate, up) stacked into one matrix: one call multiplies the input by all of them.
+
+    On a single message fbgemm's AVX2 kernel spends much of a call outside the product itself: a
+    Gemma 3 270M layer's projections as four calls took 615 us for 12 tokens, as seven 761 us
+    (docs/int8.md). Each sibling returns its own columns of the product; the first to read an
+    input computes it.
+    """
+
+    def __init__(self, packed: Any, sizes: tuple[int, ...], bias: torch.Tensor | None) -> None:
+        self.packed = packed
+        self.sizes = sizes
+        self.out_features = sum(sizes)
+        self.offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
+        self.bias = bias
+        self.outputs: SharedInput[tuple[torch.Tensor, ...]] = SharedInput()
+        self.index = _register_fbgemm_weights(self)
+
+    @classmethod
+    def stack(cls, members: list[FbgemmProjections]) -> FbgemmProjections:
+        """One matrix of the members' int8 rows (and their scales and biases), in their order."""
+        weights = [m.packed.unpack()[0] for m in members]
+        rows = torch.cat([w.int_repr() for w in weights])
+        scales = torch.cat([w.q_per_channel_scales() for w in weights])
+        stacked = torch._make_per_channel_quantized_tensor(rows, scales, torch.zeros_like(scales).long(), 0)
+        packed = _prepack(stacked, "fbgemm")
+        bias = None
+        if any(m.bias is not None for m in members):
+            bias = torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias for m in members])
+        return cls(packed, tuple(size for m in members for size in m.sizes), bias)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times every stacked projection (all their columns), in ``x``'s dtype."""
+        # Every row spans [-127, 127] after its division, so the kernel's one uint8 range per call
+        # quantises each token on its own scale.
+        rows, scale = scale_rows(x)
+        if torch.compiler.is_compiling():
+            # One opaque op: TorchInductor cannot trace fbgemm's packed weights, and without it each
+            # projection broke the graph (29 graphs, slower than eager). The scaling around it is
+            # traced, so the compiler fuses it into the neighbouring kernels.
+            y = torch.ops.guardtune.fbgemm_linear(rows, self.index) * scale
+        else:
+            y = torch.ops.quantized.linear_dynamic(rows, self.packed, False).mul_(scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def output(self, member: int, x: torch.Tensor, last_reader: bool) -> torch.Tensor:
+        """Projection ``member``'s output for ``x``: its columns of :meth:`product`."""
+        if len(self.sizes) == 1:
+            return self.product(x)
+        if torch.compiler.is_compiling():
+            # Each sibling's graph node is the same call on the same input, which the compiler's
+            # common-subexpression pass keeps once.
+            return self.product(x).narrow(-1, self.offsets[member], self.sizes[member])
+        parts = self.outputs.get(x, last_reader, lambda t: self.product(t).split(self.sizes, dim=-1))
+        return parts[member]
 
 
-def _register_fbgemm_layer(layer: Int8Linear) -> int:
-    _FBGEMM_LAYERS.append(weakref.ref(layer))
-    return len(_FBGEMM_LAYERS) - 1
+# fbgemm weights by index, for the compiled path's custom op (its arguments can only be tensors
+# and numbers, not the packed weights); weak, so that dropped models free their weights.
+_FBGEMM_WEIGHTS: list[weakref.ref[FbgemmProjections]] = []
 
 
-def _fbgemm_layer(index: int) -> Int8Linear:
-    layer = _FBGEMM_LAYERS[index]()
-    if layer is None:
+def _register_fbgemm_weights(weights: FbgemmProjections) -> int:
+    _FBGEMM_WEIGHTS.append(weakref.ref(weights))
+    return len(_FBGEMM_WEIGHTS) - 1
+
+
+def _fbgemm_weights(index: int) -> FbgemmProjections:
+    weights = _FBGEMM_WEIGHTS[index]()
+    if weights is None:
         raise GuardtuneError(f"int8 projection {index} was freed while a compiled graph still calls it")
-    return layer
+    return weights
 
 
-@torch.library.custom_op("guardtune::fbgemm_token_linear", mutates_args=())
-def fbgemm_token_linear(x: torch.Tensor, index: int) -> torch.Tensor:
-    """The fbgemm per-token projection registered as ``index``, applied to ``x``."""
-    rows, scale = scale_rows(x)
-    return _fbgemm_layer(index).fbgemm_product(x, rows, scale)
+@torch.library.custom_op("guardtune::fbgemm_linear", mutates_args=())
+def fbgemm_linear(rows: torch.Tensor, index: int) -> torch.Tensor:
+    """fbgemm's int8 product of float32 ``rows`` (one range per call) by weights ``index``."""
+    return torch.ops.quantized.linear_dynamic(rows, _fbgemm_weights(index).packed, False)
 
 
-@fbgemm_token_linear.register_fake
-def _fbgemm_token_linear_shape(x: torch.Tensor, index: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], _fbgemm_layer(index).out_features)
+@fbgemm_linear.register_fake
+def _fbgemm_linear_shape(rows: torch.Tensor, index: int) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], _fbgemm_weights(index).out_features)
 
 
 def pack_quantised_linear(
@@ -318,14 +370,18 @@ def pack_quantised_linear(
     """fp32 ``weight`` as int8 rows (``round(weight / scales)``, one scale per row), packed with its
     ``bias`` for torch's quantised linear by ``engine`` (``fbgemm``, ``onednn`` or ``x86``)."""
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # torch marks its quantised tensor type as deprecated in favour of torchao, whose
+        # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+    return _prepack(qweight, engine, bias)
+
+
+def _prepack(qweight: torch.Tensor, engine: str, bias: torch.Tensor | None = None) -> Any:
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
     try:
-        with warnings.catch_warnings():
-            # torch marks its quantised tensor type as deprecated in favour of torchao, whose
-            # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
-            warnings.simplefilter("ignore", UserWarning)
-            qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(qweight, bias)
     finally:
         torch.backends.quantized.engine = previous
@@ -339,9 +395,9 @@ def scale_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # largest value is exact in x's own dtype (half the bytes of an fp32 copy for bf16), and
     # abs + amax ran 2-3x faster here than the one-call infinity norm (torch.linalg.vector_norm).
     scale = flat.abs().amax(dim=1, keepdim=True).float().clamp_min_(1e-8).div_(127.0)
-    # One fresh fp32 copy worked on in place: every new tensor of a batch's size costs a fresh
-    # mapping from the allocator, about 3x an in-place pass over it here.
-    return flat.to(torch.float32, copy=True).div_(scale), scale
+    # One pass that also promotes to float32 (the scales' dtype): the same values as an fp32 copy
+    # divided in place, in half the time on fp32 rows (800 x 640: 41 us against 100 us, AVX2).
+    return torch.div(flat, scale), scale
 
 
 def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,35 +408,30 @@ def quantise_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows.add_(ACTIVATION_ZERO_POINT).round_().to(torch.uint8), scale
 
 
-class SharedInput:
-    """The quantised form of the input that sibling projections read (q, k and v; gate and up).
+class SharedInput(Generic[Value]):
+    """What sibling projections compute from the one input they read (q, k and v; gate and up).
 
     Quantising an activation takes several small operations, which on a single message cost
     about as much as the int8 product saves; siblings that are called on the same tensor reuse
-    the first one's. The tensor is recognised by identity (never by value), and by its version
-    where it keeps one (tensors made under ``inference_mode``, as in prediction, do not), so a
-    sibling called on anything else quantises its own input; the last sibling drops the copy.
+    the first one's result (oneDNN: the quantised input; fbgemm: the product of their stacked
+    weights). The tensor is recognised by identity (never by value), and by its version where it
+    keeps one (tensors made under ``inference_mode``, as in prediction, do not), so a sibling
+    called on anything else computes its own; the last sibling drops the result.
     """
 
     def __init__(self) -> None:
         self._source: weakref.ref[torch.Tensor] | None = None
         self._version = -1
-        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._value: Value | None = None
 
-    def quantise(
-        self,
-        x: torch.Tensor,
-        last_reader: bool,
-        prepare: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``prepare(x)`` (rows and their scales), computed by the first sibling that reads ``x``;
-        siblings share one kernel, so one ``prepare``."""
+    def get(self, x: torch.Tensor, last_reader: bool, compute: Callable[[torch.Tensor], Value]) -> Value:
+        """``compute(x)``, run by the first sibling that reads ``x``; siblings share one ``compute``."""
         source = self._source() if self._source is not None else None
         version = _version(x)
         if self._value is not None and source is x and version == self._version:
             value = self._value
         else:
-            value = prepare(x)
+            value = compute(x)
             self._source, self._version, self._value = weakref.ref(x), version, value
         if last_reader:
             self._source, self._value = None, None
@@ -394,7 +445,8 @@ def _version(x: torch.Tensor) -> int:
 
 
 def share_inputs(projections: dict[str, Int8Linear]) -> int:
-    """Let sibling projections (q, k, v; gate, up) that read one input quantise it once.
+    """Let sibling projections (q, k, v; gate, up) that read one input quantise it once (oneDNN),
+    or multiply it once by their weights stacked into one matrix (fbgemm).
 
     Args:
         projections: per-token int8 projections by their module path (``0.self_attn.q_proj``, or
@@ -417,10 +469,20 @@ def share_inputs(projections: dict[str, Int8Linear]) -> int:
         if len(members) < 2:
             continue
         members.sort(key=lambda member: member[0])
-        group = SharedInput()
-        for position, (_, module) in enumerate(members):
-            module.shared_input = group
-            module.last_reader = position == len(members) - 1
+        modules = [module for _, module in members]
+        fbgemm = [module.fbgemm for module in modules if module.fbgemm is not None]
+        if len(fbgemm) == len(modules):
+            stacked = FbgemmProjections.stack(fbgemm)
+            for position, module in enumerate(modules):
+                module.fbgemm, module.member = stacked, position
+        elif not fbgemm:
+            group: SharedInput[tuple[torch.Tensor, torch.Tensor]] = SharedInput()
+            for module in modules:
+                module.shared_input = group
+        else:
+            continue  # one kernel runs every projection; nothing to share between two
+        for position, module in enumerate(modules):
+            module.last_reader = position == len(modules) - 1
         shared += 1
     return shared
 
