@@ -43,7 +43,7 @@ def inductor_freezing():
     shape_config.use_duck_shape = before[1]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "int8", "int8@weights"])
+@pytest.mark.parametrize("dtype", ["fp32", "int8", "int8@weights", "int8:fbgemm"])
 def test_a_compiled_decoder_scores_as_the_eager_one(
     model_dir: Path,
     toy_files: dict[str, Path],
@@ -51,8 +51,13 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
     inductor_freezing: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    dtype, _, kernel = dtype.partition(":")
     dtype, _, activations = dtype.partition("@")
     stored = precision._fbgemm_weights
+    if kernel:
+        if precision.cpu_int8_kernel() == kernel:
+            pytest.skip(f"{kernel} is this CPU's own int8 kernel: the int8 case compiles it")
+        monkeypatch.setenv(precision.KERNEL_ENV, kernel)  # fbgemm runs on any CPU with AVX2
     if dtype == "int8" and precision.int8_unavailable_reason() is not None:
         pytest.skip(f"int8 cannot run here: {precision.int8_unavailable_reason()}")
     if activations:
@@ -86,14 +91,15 @@ def test_a_compiled_decoder_scores_as_the_eager_one(
         expected = eager.predict_proba(texts, batch_size=8)
         assert (batch.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.95
         assert np.abs(batch - expected).mean() < 0.02
-        layers = [m for m in compiled.method.backbone.model.modules() if isinstance(m, precision.Int8Linear)]
-        assert all(m.shared_input is None for m in layers)
+        model = compiled.method.backbone.model
+        projections = [m for m in model.modules() if isinstance(m, precision.Int8Linear)]
+        assert all(m.shared_input is None for m in projections)
         if activations == "" and precision.int8_kernel() == "fbgemm":
             # q, k, v and gate, up multiply their stacked weights once: 4 products a layer, not 7.
             products: list[int] = []
             monkeypatch.setattr(precision, "_fbgemm_weights", lambda i: products.append(i) or stored(i))
             compiled.predict_proba(texts[:1])
-            assert len(products) == 4 * len(layers) // 7 and len(set(products)) == len(products)
+            assert len(products) == 4 * len(projections) // 7 and len(set(products)) == len(products)
 
 
 def test_a_compiled_int8_decoder_rechecks_in_the_eager_float_one(

@@ -87,10 +87,12 @@ def test_sibling_projections_quantise_their_shared_input_once(
 ) -> None:
     torch.manual_seed(0)
     names = ("q_proj", "k_proj", "v_proj", "o_proj")
-    linears = {name: nn.Linear(64, 32) for name in names}
+    # Siblings of different widths, one without a bias: fbgemm stacks them into one matrix.
+    linears = {name: nn.Linear(64, 16 if name != "q_proj" else 32, bias=name != "k_proj") for name in names}
     alone = {name: Int8Linear(linear, kernel=kernel) for name, linear in linears.items()}
     shared = {f"0.self_attn.{n}.base_layer": Int8Linear(linears[n], kernel=kernel) for n in names}
     assert precision.share_inputs(shared) == 1  # q, k, v (under adapters); o reads another input
+    assert precision.share_inputs(shared) == (1 if kernel == "onednn" else 0)  # fbgemm's stay stacked once
     layer = {name: shared[f"0.self_attn.{name}.base_layer"] for name in names}
     assert layer["o_proj"].shared_input is None and layer["v_proj"].last_reader
     x, y = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
@@ -110,6 +112,10 @@ def test_sibling_projections_quantise_their_shared_input_once(
     layer["q_proj"](x)
     x.mul_(2)
     assert torch.equal(layer["k_proj"](x), k_of_2x) and len(quantised) == 5
+    # bf16 activations (CPUs with native bf16): the same bits shared as alone.
+    x16 = torch.randn(2, 5, 64).bfloat16()
+    expected = {name: alone[name](x16) for name in names[:3]}
+    assert all(torch.equal(layer[name](x16), expected[name]) for name in names[:3])
 
 
 @needs_int8

@@ -63,9 +63,10 @@ def compile_decoder(model: Any) -> None:
     autotuned matrix products, and turns off duck shaping of dynamic sizes. Sibling int8
     projections stop sharing their quantised input in Python
     (:class:`guardtune.precision.SharedInput`); the compiler fuses the quantisation into the
-    surrounding kernels instead, and keeps one of the siblings' identical calls of a stacked
-    fbgemm product (:class:`guardtune.precision.FbgemmProjections`). Call :func:`check_compilable`
-    first.
+    surrounding kernels instead (oneDNN's), and keeps one of the siblings' identical calls of a
+    stacked fbgemm product (:class:`guardtune.precision.FbgemmProjections`; its common-subexpression
+    pass runs in ``freezing``, on graphs run without gradients, as prediction runs them). Call
+    :func:`check_compilable` first.
     """
     import torch._inductor.config as inductor_config
     import torch.fx.experimental._config as shape_config

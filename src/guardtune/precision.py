@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import itertools
 import mmap
 import os
 import re
@@ -193,11 +194,12 @@ class Int8Linear(nn.Module):
         self.float_bias = None if linear.bias is None or not keep_float else linear.bias.detach()
         self.run_float = False
         # Set by quantize_projections on projections that read the same input (q, k, v; gate, up):
-        # oneDNN's quantise that input once; fbgemm's multiply it once, by their stacked weights.
+        # oneDNN's quantise that input once (shared_input); fbgemm's multiply it once by their
+        # stacked weights (fbgemm, whose outputs this one is number ``member`` of).
         self.shared_input: SharedInput[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_reader = True
         self.fbgemm: FbgemmProjections | None = None
-        self.member = 0  # this projection's place among self.fbgemm's outputs
+        self.member = 0
         weight = linear.weight.detach().float()
         # Symmetric per-row scales: a row with small weights keeps its resolution when another
         # row has large ones (per-tensor scales lost labels on the embedded Gemma).
@@ -282,7 +284,8 @@ class FbgemmProjections:
 
     On a single message fbgemm's AVX2 kernel spends much of a call outside the product itself: a
     Gemma 3 270M layer's projections as four calls took 615 us for 12 tokens, as seven 761 us
-    (docs/int8.md). Each sibling returns its own columns of the product; the first to read an
+    (docs/int8.md). Each sibling returns its own columns of the product (a view, not contiguous;
+    the decoders guardtune runs only split its last dimension into heads); the first to read an
     input computes it.
     """
 
@@ -293,7 +296,8 @@ class FbgemmProjections:
         self.offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
         self.bias = bias
         self.outputs: SharedInput[tuple[torch.Tensor, ...]] = SharedInput()
-        self.index = _register_fbgemm_weights(self)
+        self.index = next(_FBGEMM_INDICES)
+        _FBGEMM_WEIGHTS[self.index] = self
 
     @classmethod
     def stack(cls, members: list[FbgemmProjections]) -> FbgemmProjections:
@@ -321,7 +325,7 @@ class FbgemmProjections:
         else:
             y = torch.ops.quantized.linear_dynamic(rows, self.packed, False).mul_(scale)
         if self.bias is not None:
-            y = y + self.bias
+            y = y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def output(self, member: int, x: torch.Tensor, last_reader: bool) -> torch.Tensor:
@@ -330,26 +334,25 @@ class FbgemmProjections:
             return self.product(x)
         if torch.compiler.is_compiling():
             # Each sibling's graph node is the same call on the same input, which the compiler's
-            # common-subexpression pass keeps once.
+            # common-subexpression pass keeps once: that pass runs in Inductor's freezing, which
+            # compile_decoder turns on and which applies to graphs run without gradients, as
+            # prediction's are. Elsewhere each sibling would compute the whole product (still right).
             return self.product(x).narrow(-1, self.offsets[member], self.sizes[member])
         parts = self.outputs.get(x, last_reader, lambda t: self.product(t).split(self.sizes, dim=-1))
         return parts[member]
 
 
 # fbgemm weights by index, for the compiled path's custom op (its arguments can only be tensors
-# and numbers, not the packed weights); weak, so that dropped models free their weights.
-_FBGEMM_WEIGHTS: list[weakref.ref[FbgemmProjections]] = []
-
-
-def _register_fbgemm_weights(weights: FbgemmProjections) -> int:
-    _FBGEMM_WEIGHTS.append(weakref.ref(weights))
-    return len(_FBGEMM_WEIGHTS) - 1
+# and numbers, not the packed weights); weak, so that dropped models (and the single projections'
+# weights that stacking replaces) leave it.
+_FBGEMM_WEIGHTS: weakref.WeakValueDictionary[int, FbgemmProjections] = weakref.WeakValueDictionary()
+_FBGEMM_INDICES = itertools.count()
 
 
 def _fbgemm_weights(index: int) -> FbgemmProjections:
-    weights = _FBGEMM_WEIGHTS[index]()
+    weights = _FBGEMM_WEIGHTS.get(index)
     if weights is None:
-        raise GuardtuneError(f"int8 projection {index} was freed while a compiled graph still calls it")
+        raise GuardtuneError(f"int8 weights {index} were freed while a compiled graph still calls them")
     return weights
 
 
@@ -388,8 +391,8 @@ def _prepack(qweight: torch.Tensor, engine: str, bias: torch.Tensor | None = Non
 
 
 def scale_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x`` as float32 rows (one per token) divided by their scales, each row's largest value
-    becoming +-127, and those float32 scales."""
+    """``x`` (bf16 or fp32) as float32 rows (one per token) divided by their scales, each row's
+    largest value becoming +-127, and those float32 scales."""
     flat = x.reshape(-1, x.shape[-1])
     # One scale per token: a message's outlier channels no longer coarsen the others' tokens. The
     # largest value is exact in x's own dtype (half the bytes of an fp32 copy for bf16), and
@@ -471,6 +474,8 @@ def share_inputs(projections: dict[str, Int8Linear]) -> int:
         members.sort(key=lambda member: member[0])
         modules = [module for _, module in members]
         fbgemm = [module.fbgemm for module in modules if module.fbgemm is not None]
+        if any(len(weights.sizes) > 1 for weights in fbgemm):
+            continue  # stacked by an earlier call
         if len(fbgemm) == len(modules):
             stacked = FbgemmProjections.stack(fbgemm)
             for position, module in enumerate(modules):
