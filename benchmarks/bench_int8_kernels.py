@@ -35,7 +35,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +45,7 @@ from guardtune.precision import (
     WEIGHT_LEVELS,
     FbgemmProjections,
     int8_unavailable_reason,
-    pack_quantised_linear,
+    quantise_per_row,
     quantise_rows,
     scale_rows,
 )
@@ -87,9 +86,12 @@ def build_passes(
     packed = [torch.ops.onednn.qlinear_prepack(w, None) for w in int8]
     scales = [torch.rand(n, generator=generator) / 100 for _, n in shapes]
     zeros = [torch.zeros(n, dtype=torch.long) for _, n in shapes]
-    fbgemm = [fbgemm_packed(w, s) for w, s in zip(int8, scales, strict=True)]
-    own = [FbgemmProjections(p, (n,), None) for p, (_, n) in zip(fbgemm, shapes, strict=True)]
+    own = [
+        FbgemmProjections(fbgemm_weight(w, s), (n,), None)
+        for w, s, (_, n) in zip(int8, scales, shapes, strict=True)
+    ]
     stacked = stack_siblings(own)
+    fbgemm = [projection.pack() for projection in own]
     inputs = {k: torch.randn(rows, k, generator=generator, dtype=dtype) for k, _ in shapes}
     int8_inputs = {
         k: torch.randint(-127, 128, (rows, k), generator=generator, dtype=torch.int8) for k in inputs
@@ -162,10 +164,11 @@ def stack_siblings(projections: list[FbgemmProjections]) -> list[FbgemmProjectio
     return stacked
 
 
-def fbgemm_packed(int8: torch.Tensor, scales: torch.Tensor) -> Any:
-    """``int8`` weights halved into 7 bits, as guardtune's fbgemm kernel keeps them, packed by fbgemm."""
+def fbgemm_weight(int8: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``int8`` weights halved into 7 bits, as guardtune's fbgemm kernel keeps them, as torch's
+    per-row quantised tensor."""
     levels = torch.div(int8, 127 // WEIGHT_LEVELS["fbgemm"], rounding_mode="trunc").float()
-    return pack_quantised_linear(levels * scales[:, None], scales, None, "fbgemm")
+    return quantise_per_row(levels * scales[:, None], scales)
 
 
 def median_ms(run: Callable[[], None], repeats: int) -> float:

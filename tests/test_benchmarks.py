@@ -219,7 +219,7 @@ def test_bench_int8_kernels_times_every_kernel_against_float(tmp_path: Path, one
     generator = torch.Generator().manual_seed(0)
     own = [
         FbgemmProjections(
-            bench.fbgemm_packed(torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8),
+            bench.fbgemm_weight(torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8),
                                 torch.rand(n, generator=generator) / 100),
             (n,),
             None,

@@ -355,7 +355,7 @@ def test_the_fbgemm_kernel_does_not_saturate_on_large_products() -> None:
         linear.weight.copy_(torch.randn(8, 256).sign())
     x = linear.weight[:1].detach().repeat(4, 1) * torch.linspace(1, 4, 4)[:, None]
     layer = Int8Linear(linear, kernel="fbgemm")
-    assert layer.fbgemm is not None and layer.fbgemm.packed.unpack()[0].int_repr().abs().max() == 63
+    assert layer.fbgemm is not None and layer.fbgemm.pack().unpack()[0].int_repr().abs().max() == 63
     got, expected = layer(x), linear(x)
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0.0)
 

@@ -224,8 +224,9 @@ class Int8Linear(nn.Module):
             return
         if activations == "token":
             # The per-token rows are scaled by their own scales, so the bias comes after the product.
-            packed = pack_quantised_linear(weight, scales, None, "fbgemm")
-            self.fbgemm = FbgemmProjections(packed, (self.out_features,), self._bias)
+            self.fbgemm = FbgemmProjections(
+                quantise_per_row(weight, scales), (self.out_features,), self._bias
+            )
             return
         self._packed = pack_quantised_linear(weight, scales, self._bias, engine)
 
@@ -289,28 +290,40 @@ class FbgemmProjections:
     input computes it.
     """
 
-    def __init__(self, packed: Any, sizes: tuple[int, ...], bias: torch.Tensor | None) -> None:
-        self.packed = packed
+    def __init__(self, qweight: torch.Tensor, sizes: tuple[int, ...], bias: torch.Tensor | None) -> None:
+        # The int8 rows (a per-row quantised tensor) until they are packed: stacking reads them,
+        # so siblings are quantised and packed once each, not packed, unpacked and packed again.
+        self.qweight: torch.Tensor | None = qweight
+        self._packed: Any = None
         self.sizes = sizes
         self.out_features = sum(sizes)
-        self.offsets = tuple(sum(sizes[:i]) for i in range(len(sizes)))
         self.bias = bias
         self.outputs: SharedInput[tuple[torch.Tensor, ...]] = SharedInput()
         self.index = next(_FBGEMM_INDICES)
         _FBGEMM_WEIGHTS[self.index] = self
 
+    def pack(self) -> Any:
+        """The weights packed for fbgemm's kernel, packed by the first call (which drops the rows)."""
+        if self._packed is None:
+            assert self.qweight is not None
+            self._packed, self.qweight = _prepack(self.qweight, "fbgemm"), None
+        return self._packed
+
+    def int8_rows(self) -> torch.Tensor:
+        """The int8 rows as a per-row quantised tensor (unpacked again if already packed)."""
+        return self.qweight if self.qweight is not None else self.pack().unpack()[0]
+
     @classmethod
     def stack(cls, members: list[FbgemmProjections]) -> FbgemmProjections:
         """One matrix of the members' int8 rows (and their scales and biases), in their order."""
-        weights = [m.packed.unpack()[0] for m in members]
+        weights = [m.int8_rows() for m in members]
         rows = torch.cat([w.int_repr() for w in weights])
         scales = torch.cat([w.q_per_channel_scales() for w in weights])
         stacked = torch._make_per_channel_quantized_tensor(rows, scales, torch.zeros_like(scales).long(), 0)
-        packed = _prepack(stacked, "fbgemm")
         bias = None
         if any(m.bias is not None for m in members):
             bias = torch.cat([torch.zeros(m.out_features) if m.bias is None else m.bias for m in members])
-        return cls(packed, tuple(size for m in members for size in m.sizes), bias)
+        return cls(stacked, tuple(size for m in members for size in m.sizes), bias)
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` times every stacked projection (all their columns), in ``x``'s dtype."""
@@ -323,7 +336,7 @@ class FbgemmProjections:
             # traced, so the compiler fuses it into the neighbouring kernels.
             y = torch.ops.guardtune.fbgemm_linear(rows, self.index) * scale
         else:
-            y = torch.ops.quantized.linear_dynamic(rows, self.packed, False).mul_(scale)
+            y = torch.ops.quantized.linear_dynamic(rows, self.pack(), False).mul_(scale)
         if self.bias is not None:
             y = y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -337,7 +350,7 @@ class FbgemmProjections:
             # common-subexpression pass keeps once: that pass runs in Inductor's freezing, which
             # compile_decoder turns on and which applies to graphs run without gradients, as
             # prediction's are. Elsewhere each sibling would compute the whole product (still right).
-            return self.product(x).narrow(-1, self.offsets[member], self.sizes[member])
+            return self.product(x).split(self.sizes, dim=-1)[member]
         parts = self.outputs.get(x, last_reader, lambda t: self.product(t).split(self.sizes, dim=-1))
         return parts[member]
 
@@ -359,7 +372,7 @@ def _fbgemm_weights(index: int) -> FbgemmProjections:
 @torch.library.custom_op("guardtune::fbgemm_linear", mutates_args=())
 def fbgemm_linear(rows: torch.Tensor, index: int) -> torch.Tensor:
     """fbgemm's int8 product of float32 ``rows`` (one range per call) by weights ``index``."""
-    return torch.ops.quantized.linear_dynamic(rows, _fbgemm_weights(index).packed, False)
+    return torch.ops.quantized.linear_dynamic(rows, _fbgemm_weights(index).pack(), False)
 
 
 @fbgemm_linear.register_fake
@@ -370,15 +383,19 @@ def _fbgemm_linear_shape(rows: torch.Tensor, index: int) -> torch.Tensor:
 def pack_quantised_linear(
     weight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, engine: str
 ) -> Any:
-    """fp32 ``weight`` as int8 rows (``round(weight / scales)``, one scale per row), packed with its
-    ``bias`` for torch's quantised linear by ``engine`` (``fbgemm``, ``onednn`` or ``x86``)."""
+    """fp32 ``weight`` as int8 rows (:func:`quantise_per_row`), packed with its ``bias`` for torch's
+    quantised linear by ``engine`` (``fbgemm``, ``onednn`` or ``x86``)."""
+    return _prepack(quantise_per_row(weight, scales), engine, bias)
+
+
+def quantise_per_row(weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """fp32 ``weight`` as torch's per-row quantised int8 tensor, ``round(weight / scales)``."""
     zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():
         # torch marks its quantised tensor type as deprecated in favour of torchao, whose
         # CPU int8 path (eager) measured slower than bf16 here; the kernels are the same.
         warnings.simplefilter("ignore", UserWarning)
-        qweight = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
-    return _prepack(qweight, engine, bias)
+        return torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
 
 
 def _prepack(qweight: torch.Tensor, engine: str, bias: torch.Tensor | None = None) -> Any:
@@ -679,6 +696,9 @@ def quantize_projections(
             release_pages(linear.weight.data)
     if activations == "token":
         share_inputs(quantised)
+    for module in quantised.values():
+        if module.fbgemm is not None:
+            module.fbgemm.pack()  # at load, not in the first message
     return len(targets)
 
 
