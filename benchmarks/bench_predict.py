@@ -52,6 +52,7 @@ RESULT_KEYS = (
     "adapter",
     "dtype",
     "batch_size",
+    "max_batch_tokens",
     "n",
     "seconds",
     "messages_per_s",
@@ -321,14 +322,16 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
     batch_size = spec["batch_size"]
+    budget = spec["max_batch_tokens"] or None
     warm_up = time.perf_counter()
-    classifier.predict_proba(texts[:batch_size], batch_size=batch_size)  # warm-up (prefix cache too)
+    # Warm-up (the prefix cache too).
+    classifier.predict_proba(texts[:batch_size], batch_size=batch_size, max_batch_tokens=budget)
     if compiled:  # a single message compiles a graph of its own
         classifier.predict_proba(texts[0])
     warm_up_seconds = time.perf_counter() - warm_up
     rechecked = classifier.rechecked
     started = time.perf_counter()
-    scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False)
+    scores = classifier.predict_proba(texts, batch_size=batch_size, calibrated=False, max_batch_tokens=budget)
     seconds = time.perf_counter() - started
     rechecked = classifier.rechecked - rechecked
     latencies = []
@@ -492,7 +495,7 @@ def fmt(value: Any, digits: int = 1, suffix: str = "") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     config, peak = result["config"], result["peak_matmul"]
-    reference = config["dtypes"][0]
+    reference = config["reference"]
     lines = [
         f"Base `{config['base']}`, {config['n']} messages from {config['data']} "
         f"(mean {config['mean_message_tokens']:.1f} tokens), {result['machine']['cpu']}, "
@@ -534,6 +537,11 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_label(dtype: str, budget: int, budgets: list[int]) -> str:
+    """A (c) row's dtype column: the dtype, and its token budget where several are compared."""
+    return dtype if len(budgets) == 1 else f"{dtype}, {budget or 'any'} tokens"
+
+
 def build_row(
     path: str, spec: dict[str, Any], raw: dict[str, Any], peak_float: float, isolate: bool
 ) -> dict[str, Any]:
@@ -546,6 +554,7 @@ def build_row(
         "adapter": spec.get("model"),
         "dtype": spec.get("dtype", "fp32"),
         "batch_size": spec.get("batch_size", 1),
+        "max_batch_tokens": spec.get("max_batch_tokens"),
         "n": spec["n"],
         "seconds": seconds,
         "messages_per_s": spec["n"] / seconds if seconds > 0 else None,
@@ -570,6 +579,7 @@ def build_row(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
     from guardtune.methods import available_methods
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -590,6 +600,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--slow-n", type=int, help="messages for (a), one at a time (default: --n)")
     parser.add_argument("--latency-n", type=int, default=50, help="single-message calls for p50/p95")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of (b) and (c)")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        nargs="+",
+        default=[DEFAULT_MAX_BATCH_TOKENS],
+        help="(c): most padded tokens per forward pass, 0 for no limit; several values give a (c) "
+        f"row per dtype and value (default: guardtune's, {DEFAULT_MAX_BATCH_TOKENS})",
+    )
     parser.add_argument("--dtype", default="auto", help="training dtype: auto, bf16 or fp32")
     parser.add_argument(
         "--dtypes",
@@ -634,6 +652,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = next(iter(bases)) if args.model else args.base
     task = next(iter(manifests.values())).task
     dtypes = list(dict.fromkeys(args.dtypes or [args.dtype, "int8"]))
+    budgets = list(dict.fromkeys(args.max_batch_tokens))
+    # One (c) row per dtype and token budget; the first is every later one's reference.
+    variants = [(dtype, budget) for dtype in dtypes for budget in budgets]
+    reference = variant_label(*variants[0], budgets)
 
     if args.data:
         texts, gold = read_check_file(args.data, task, args.n)
@@ -678,17 +700,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw = run_path(spec, work, isolate)
         rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_float, isolate))
     for method, path in by_method.items():
-        for dtype in dtypes:
+        for dtype, budget in variants:
             spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": n}
-            spec.update(batch_size=args.batch_size, dtype=dtype)
+            spec.update(batch_size=args.batch_size, dtype=dtype, max_batch_tokens=budget)
             raw = run_path(spec, work, isolate)
             row = build_row("(c) guardtune predict_proba", spec, raw, peak_float, isolate)
+            row["dtype"] = variant_label(dtype, budget, budgets)
             seeds = predictions.get((SEEDS, method))
             if seeds is not None:
                 row["agreement_with_seeds"] = agreement(raw["predicted"][: len(seeds)], seeds)
-            reference = predictions.setdefault((GUARDTUNE, method), raw["predicted"])
-            if dtype != dtypes[0]:
-                row["agreement_with_reference"] = agreement(raw["predicted"], reference)
+            first_predicted = predictions.setdefault((GUARDTUNE, method), raw["predicted"])
+            if (dtype, budget) != variants[0]:
+                row["agreement_with_reference"] = agreement(raw["predicted"], first_predicted)
                 first = next(r for r in rows if r["kind"] == GUARDTUNE and r["method"] == method)
                 if row["messages_per_s"] and first["messages_per_s"]:
                     row["speed_to_reference"] = row["messages_per_s"] / first["messages_per_s"]
@@ -718,9 +741,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + "; 'agrees with (a)' is "
         "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
         "the same adapter's generated text.",
-        f"(c) runs once per dtype ({', '.join(dtypes)}); 'agrees with {dtypes[0]}' is the share of "
-        f"all {n} messages where a later dtype picks the label the {dtypes[0]} row picked, and "
-        f"'x {dtypes[0]}' its messages/s over that row's (same run). "
+        f"(c) runs once per dtype ({', '.join(dtypes)})"
+        + (f" and token budget ({', '.join(str(b or 'any') for b in budgets)})" if len(budgets) > 1 else "")
+        + f"; 'agrees with {reference}' is the share of all {n} messages where a later row picks the "
+        f"label the {reference} row picked, and 'x {reference}' its messages/s over that row's "
+        "(same run). "
+        f"Token budget: at most {', '.join(str(b or 'any') for b in budgets)} padded tokens per "
+        "forward pass, as well as --batch-size messages. "
         "int8: the decoder's projections as int8 (activations int8 per token; the kernel in the "
         "row's note: oneDNN's packed int8 linear on CPUs with VNNI / AMX, fbgemm's on AVX2 alone), "
         "the rest as auto; int8@weights: int8 weights, float activations.",
@@ -756,6 +783,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "dtype": args.dtype,
             "dtypes": dtypes,
+            "max_batch_tokens": budgets,
+            "reference": reference,
             "methods": list(by_method),
             "models": {m: str(p) for m, p in by_method.items()},
             "isolated_processes": isolate,

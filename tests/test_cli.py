@@ -83,6 +83,23 @@ def test_synth_train_eval_predict(
     assert predicted["label"].isin(["none", "asking", "giving"]).all()
     sums = predicted[["score_none", "score_asking", "score_giving"]].sum(axis=1)
     assert (abs(sums - 1) < 1e-4).all()
+    # A token budget smaller than one message: a pass per message, the same scores.
+    one_at_a_time = tmp_path / "one.csv"
+    budget = ["--max-batch-tokens", "2"]
+    assert (
+        run_cli(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", one_at_a_time, *budget)
+        == 0
+    )
+    pd.testing.assert_frame_equal(pd.read_csv(one_at_a_time), predicted, atol=1e-5)
+    capsys.readouterr()
+    budget = ["--max-batch-tokens", "-1"]
+    assert (
+        run_cli(monkeypatch, "predict", "--model", model, "--data", inputs, "--out", one_at_a_time, *budget)
+        == 1
+    )
+    assert (
+        "--max-batch-tokens: expected a positive integer or 0 (no limit), found -1" in capsys.readouterr().err
+    )
 
     # An existing output directory is not overwritten by accident.
     capsys.readouterr()

@@ -92,3 +92,56 @@ def test_streaming_predict_keeps_memory_flat(model_dir: Path, tmp_path: Path) ->
         sizes[n] = _peak_rss_mb(model_dir, data, tmp_path / f"out-{n}.csv")
         assert len(pd.read_csv(tmp_path / f"out-{n}.csv", usecols=["label"])) == n
     assert sizes[15_000] - sizes[1_500] < 40, sizes
+
+
+@pytest.mark.parametrize(
+    ("lengths", "batch_size", "max_tokens", "expected"),
+    [
+        ([1, 2, 3, 4, 5], 2, None, [(0, 2), (2, 4), (4, 5)]),
+        ([1, 2, 3, 100, 200, 300, 2000], 3, 400, [(0, 3), (3, 5), (5, 6), (6, 7)]),
+        ([10] * 8, 32, 30, [(0, 3), (3, 6), (6, 8)]),
+        ([5, 50], 4, 8, [(0, 1), (1, 2)]),  # a row longer than the budget goes alone
+        ([], 4, 16, []),
+    ],
+)
+def test_length_batches_cap_rows_and_padded_tokens(
+    lengths: list[int], batch_size: int, max_tokens: int | None, expected: list[tuple[int, int]]
+) -> None:
+    from guardtune.batches import length_batches
+
+    slices = list(length_batches(lengths, batch_size, max_tokens))
+    assert [(s.start, s.stop) for s in slices] == expected
+    for s in slices:
+        rows = lengths[s]
+        assert len(rows) <= batch_size
+        assert len(rows) == 1 or max_tokens is None or len(rows) * max(rows) <= max_tokens
+
+
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(0, 16), (4, 0), (4, -3)])
+def test_length_batches_rejects_sizes_below_one(batch_size: int, max_tokens: int) -> None:
+    from guardtune.batches import length_batches
+    from guardtune.errors import GuardtuneError
+
+    with pytest.raises(GuardtuneError, match="expected a positive integer"):
+        list(length_batches([3, 4], batch_size, max_tokens))
+
+
+def test_token_budget_splits_passes_without_changing_scores(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    classifier = Classifier.load(model_dir, dtype="fp32")
+    texts = ["gg", "whats ur number", "my mail is here " * 6, "ok " * 20, "send me ur address pls", "hi"]
+    unlimited = classifier.predict_proba(texts, batch_size=8, max_batch_tokens=None)
+    shapes: list[tuple[int, int]] = []
+    scores = classifier.method.scores
+
+    def recording(input_ids, attention_mask, prefix=None):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(input_ids.shape))
+        return scores(input_ids, attention_mask, prefix=prefix)
+
+    monkeypatch.setattr(classifier.method, "scores", recording)
+    budgeted = classifier.predict_proba(texts, batch_size=8, max_batch_tokens=24)
+    assert len(shapes) > 1
+    for rows, width in shapes:
+        assert rows * width <= 24 or rows == 1
+    np.testing.assert_allclose(budgeted, unlimited, atol=1e-5)

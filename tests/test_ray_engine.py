@@ -12,6 +12,7 @@ import pytest
 from conftest import run_cli, toy_rows
 
 from guardtune.api import Classifier, predict_file, train
+from guardtune.engines.ray_predict import RaySettings
 from guardtune.train import TrainSettings
 
 pytestmark = pytest.mark.ray
@@ -85,8 +86,12 @@ def test_ray_engine_writes_what_local_predict_writes(
     )
     _assert_same_rows(local, _ray_output(csv_out, "csv"))
 
-    # A directory of files, in file-name order, into Parquet.
-    assert run_cli(monkeypatch, *common, "--data", parts, "--out", tmp_path / "pq", "--actors", "2") == 0
+    # A directory of files, in file-name order, into Parquet; forward passes of 16 tokens at most.
+    budget = ["--max-batch-tokens", "16"]
+    assert (
+        run_cli(monkeypatch, *common, "--data", parts, "--out", tmp_path / "pq", "--actors", "2", *budget)
+        == 0
+    )
     from_parquet = _ray_output(tmp_path / "pq", "parquet")
     assert from_parquet["id"].tolist()[:3] == ["000", "001", "002"]  # CSV cells stay text
     _assert_same_rows(local, from_parquet)
@@ -138,3 +143,11 @@ def test_ray_engine_refuses_a_non_empty_out_and_unknown_options(
     assert "--format: expected parquet or csv" in capsys.readouterr().err
     assert run_cli(monkeypatch, *common, "--engine", "spark", "--out", tmp_path / "o") == 1
     assert "--engine: expected local or ray" in capsys.readouterr().err
+
+
+def test_ray_settings_reject_a_token_budget_below_one() -> None:
+    from guardtune.errors import GuardtuneError
+
+    with pytest.raises(GuardtuneError, match="--max-batch-tokens: expected a positive integer or 0"):
+        RaySettings(max_batch_tokens=0)
+    assert RaySettings(max_batch_tokens=None).max_batch_tokens is None

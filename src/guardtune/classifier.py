@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from guardtune.backbone import Backbone, load_backbone
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
 from guardtune.compiled import check_compilable, compile_decoder
 from guardtune.errors import GuardtuneError
 from guardtune.eval.calibration import CALIBRATION_FILE, Calibration, calibrated_task, read_calibration
@@ -200,14 +201,18 @@ class Classifier:
         batch_size: int = 32,
         progress: bool = False,
         calibrated: bool = True,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     ) -> np.ndarray:
         """Per-label probabilities, shape ``(len(texts), len(self.labels))``.
 
         Single-label tasks give a softmax (rows sum to 1); multi-label tasks independent sigmoids.
 
         Args:
+            batch_size: most texts in one forward pass.
             calibrated: apply the model's temperature when it has one; ``False`` gives the raw
                 scores (the same as ``True`` for an uncalibrated model).
+            max_batch_tokens: most padded tokens in one forward pass (``None``: no limit), so
+                long texts go fewer at a time and a pass's activations stay small.
         """
         batch = [texts] if isinstance(texts, str) else list(texts)
         raw = predict_scores(
@@ -217,6 +222,7 @@ class Classifier:
             progress=progress,
             long_text=self.long_text,
             recheck=self.recheck,
+            max_batch_tokens=max_batch_tokens,
         )
         return self.calibrate_scores(raw) if calibrated else raw
 
@@ -230,14 +236,20 @@ class Classifier:
         return raw if self.calibration is None else self.calibration.transform(raw)
 
     def predict(
-        self, texts: str | list[str], batch_size: int = 32, progress: bool = False
+        self,
+        texts: str | list[str],
+        batch_size: int = 32,
+        progress: bool = False,
+        max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     ) -> Prediction | list[Prediction]:
         """Decide labels with the task's policy; one :class:`Prediction` per text.
 
         Args:
             texts: one string (returns one Prediction) or a list (returns a list).
         """
-        scores = self.predict_proba(texts, batch_size=batch_size, progress=progress)
+        scores = self.predict_proba(
+            texts, batch_size=batch_size, progress=progress, max_batch_tokens=max_batch_tokens
+        )
         decided = self.task.decide(scores)
         predictions = [
             Prediction(label=label, scores=dict(zip(self.labels, map(float, row), strict=True)))

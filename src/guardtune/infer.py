@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, length_batches
 from guardtune.long_text import text_windows
 from guardtune.methods.base import LoraMethod
 from guardtune.methods.decoder import pad_batch
@@ -45,12 +46,15 @@ def predict_scores(
     reuse_prefix: bool = True,
     long_text: str | None = None,
     recheck: Recheck | None = None,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> np.ndarray:
     """Per-label probabilities for ``texts`` as a ``(len(texts), n_labels)`` float array.
 
     Rows are scored in length order so each batch carries little padding; the result is returned
-    in input order. For methods whose prompts share a prefix (the instruction), the prefix's
-    key/value cache is computed once and each batch runs only its messages' own tokens.
+    in input order. A batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded
+    tokens (``None``: no token limit). For methods whose prompts share a prefix (the instruction),
+    the prefix's key/value cache is computed once and each batch runs only its messages' own
+    tokens, which are the ones counted.
 
     Args:
         long_text: ``head-tail`` or ``windows`` (see :mod:`guardtune.long_text`); default: the
@@ -65,10 +69,10 @@ def predict_scores(
     if recheck is not None:
         with recheck.lock:
             return _scores_rechecked(
-                method, texts, batch_size, progress, desc, reuse_prefix, long_text, recheck
+                method, texts, batch_size, progress, desc, reuse_prefix, long_text, recheck, max_batch_tokens
             )
     if (long_text or method.task.long_text) == "windows":
-        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix)
+        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix, max_batch_tokens)
     encoded = method.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(texts), n_labels), dtype=np.float32)
@@ -84,8 +88,9 @@ def predict_scores(
             torch.inference_mode(),
             tqdm(total=len(texts), desc=desc, unit="msg", disable=not progress, leave=False) as bar,
         ):
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
+            lengths = [len(encoded[i]) - prefix_length for i in order]
+            for rows_slice in length_batches(lengths, batch_size, max_batch_tokens):
+                chunk = order[rows_slice]
                 rows = [encoded[i][prefix_length:] for i in chunk]
                 batch = pad_batch(method.backbone.tokenizer, rows, device)
                 out = method.scores(batch["input_ids"], batch["attention_mask"], prefix=prefix)
@@ -106,6 +111,7 @@ def _scores_rechecked(
     reuse_prefix: bool,
     long_text: str | None,
     recheck: Recheck,
+    max_batch_tokens: int | None,
 ) -> np.ndarray:
     """:func:`predict_scores` in int8, then again in float for the texts ``recheck`` picks.
 
@@ -119,7 +125,10 @@ def _scores_rechecked(
     if windowed:
         pieces, owners = _windows(method, texts)
         owner = np.array(owners)
-    scores = predict_scores(method, pieces, batch_size, progress, desc, reuse_prefix, "head-tail")
+    scores = predict_scores(
+        method, pieces, batch_size, progress, desc, reuse_prefix, "head-tail",
+        max_batch_tokens=max_batch_tokens,
+    )  # fmt: skip
     best = _most_flagged(method, scores, owner, len(texts))
     unstable = recheck.unstable(scores[best])
     if windowed:
@@ -134,7 +143,7 @@ def _scores_rechecked(
         with float_projections(method.backbone.model):
             scores[again] = predict_scores(
                 method, [pieces[i] for i in again], batch_size, progress, f"{desc} in float",
-                reuse_prefix=False, long_text="head-tail",
+                reuse_prefix=False, long_text="head-tail", max_batch_tokens=max_batch_tokens,
             )  # fmt: skip
         best = _most_flagged(method, scores, owner, len(texts))
     recheck.rescored += int(unstable.sum())
@@ -167,9 +176,18 @@ def _most_flagged(method: LoraMethod, scores: np.ndarray, owner: np.ndarray, n_t
 
 
 def _most_flagged_window(
-    method: LoraMethod, texts: list[str], batch_size: int, progress: bool, desc: str, reuse_prefix: bool
+    method: LoraMethod,
+    texts: list[str],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    reuse_prefix: bool,
+    max_batch_tokens: int | None,
 ) -> np.ndarray:
     """Score every window of every text; each text gets the scores of its most flagged window."""
     windows, owners = _windows(method, texts)
-    scores = predict_scores(method, windows, batch_size, progress, desc, reuse_prefix, "head-tail")
+    scores = predict_scores(
+        method, windows, batch_size, progress, desc, reuse_prefix, "head-tail",
+        max_batch_tokens=max_batch_tokens,
+    )  # fmt: skip
     return scores[_most_flagged(method, scores, np.array(owners), len(texts))]

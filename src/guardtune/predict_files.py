@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
 from guardtune.classifier import Classifier
 from guardtune.data.readers import iter_examples, load_examples, soft_label_columns
 from guardtune.data.writers import ChunkedTableWriter, predictions_frame, write_table
@@ -46,6 +47,7 @@ def predict_file(
     batch_size: int = 32,
     chunk_rows: int = 4096,
     progress: bool = True,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> dict[str, int]:
     """Classify a file of any size, a chunk at a time, into ``out``.
 
@@ -63,7 +65,9 @@ def predict_file(
         tqdm(desc="Predicting", unit="msg", disable=not progress) as bar,
     ):
         for rows in iter_examples(data, classifier.task, chunk_rows=chunk_rows):
-            scores = classifier.predict_proba(rows.texts, batch_size=batch_size)
+            scores = classifier.predict_proba(
+                rows.texts, batch_size=batch_size, max_batch_tokens=max_batch_tokens
+            )
             frame = predictions_frame(rows.frame, classifier.task, scores)
             writer.write(frame)
             for label in frame["label"]:

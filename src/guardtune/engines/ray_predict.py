@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from guardtune.atomic import atomic_dir
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
 from guardtune.data.readers import SUPPORTED_SUFFIXES, examples_from_frame
 from guardtune.data.writers import predictions_frame
 from guardtune.errors import GuardtuneError
@@ -39,6 +40,7 @@ class RaySettings:
 
     actors: int = 2
     batch_size: int = 32  # rows per actor call, scored in forward passes of this many rows
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # and of this many padded tokens at most
     address: str | None = None  # None: start a Ray instance on this machine
     num_cpus: int | None = None  # CPUs of the local instance (default: all of this machine's)
     cpus_per_actor: float = 1.0
@@ -50,6 +52,9 @@ class RaySettings:
             problems.append(f"--actors: expected a positive integer, found {self.actors}")
         if self.batch_size < 1:
             problems.append(f"--batch-size: expected a positive integer, found {self.batch_size}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            found = self.max_batch_tokens
+            problems.append(f"--max-batch-tokens: expected a positive integer or 0 (no limit), found {found}")
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"--num-cpus: expected a positive integer, found {self.num_cpus}")
         if self.cpus_per_actor <= 0:
@@ -72,7 +77,9 @@ def _import_ray() -> Any:
 class _Scorer:
     """One Ray actor: loads the model once, then classifies the batches it is sent."""
 
-    def __init__(self, model: str, dtype: str, batch_size: int, source: str, threads: int) -> None:
+    def __init__(
+        self, model: str, dtype: str, batch_size: int, max_batch_tokens: int | None, source: str, threads: int
+    ) -> None:
         import torch
 
         from guardtune.classifier import Classifier
@@ -81,12 +88,15 @@ class _Scorer:
         torch.set_num_threads(threads)
         self.classifier = Classifier.load(model, dtype=dtype)
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.source = Path(source)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         task = self.classifier.task
         rows = examples_from_frame(batch.reset_index(drop=True), task, self.source, require_labels=False)
-        scores = self.classifier.predict_proba(rows.texts, batch_size=self.batch_size)
+        scores = self.classifier.predict_proba(
+            rows.texts, batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens
+        )
         return predictions_frame(rows.frame, task, scores)
 
 
@@ -259,6 +269,7 @@ def predict_with_ray(
                     "model": str(model),
                     "dtype": dtype,
                     "batch_size": settings.batch_size,
+                    "max_batch_tokens": settings.max_batch_tokens,
                     "source": str(data),
                     "threads": max(1, int(settings.cpus_per_actor)),
                 },
