@@ -322,7 +322,7 @@ def run_guardtune(spec: dict[str, Any], texts: list[str], labels: list[str]) -> 
     method = classifier.method
     body, _ = parameter_counts(method.backbone.peft_model)
     batch_size = spec["batch_size"]
-    budget = spec["max_batch_tokens"] or None
+    budget = spec["max_batch_tokens"]  # 0: no limit
     warm_up = time.perf_counter()
     # Warm-up (the prefix cache too).
     classifier.predict_proba(texts[:batch_size], batch_size=batch_size, max_batch_tokens=budget)
@@ -579,7 +579,7 @@ def build_row(
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
+    from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, token_budget_problem
     from guardtune.methods import available_methods
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -653,6 +653,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = next(iter(manifests.values())).task
     dtypes = list(dict.fromkeys(args.dtypes or [args.dtype, "int8"]))
     budgets = list(dict.fromkeys(args.max_batch_tokens))
+    for budget in budgets:
+        if (problem := token_budget_problem(budget)) is not None:
+            raise SystemExit(problem)
+    budget_list = ", ".join(str(budget or "any") for budget in budgets)
     # One (c) row per dtype and token budget; the first is every later one's reference.
     variants = [(dtype, budget) for dtype in dtypes for budget in budgets]
     reference = variant_label(*variants[0], budgets)
@@ -742,11 +746,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
         "the same adapter's generated text.",
         f"(c) runs once per dtype ({', '.join(dtypes)})"
-        + (f" and token budget ({', '.join(str(b or 'any') for b in budgets)})" if len(budgets) > 1 else "")
+        + (f" and token budget ({budget_list})" if len(budgets) > 1 else "")
         + f"; 'agrees with {reference}' is the share of all {n} messages where a later row picks the "
         f"label the {reference} row picked, and 'x {reference}' its messages/s over that row's "
         "(same run). "
-        f"Token budget: at most {', '.join(str(b or 'any') for b in budgets)} padded tokens per "
+        f"Token budget: at most {budget_list} padded tokens per "
         "forward pass, as well as --batch-size messages. "
         "int8: the decoder's projections as int8 (activations int8 per token; the kernel in the "
         "row's note: oneDNN's packed int8 linear on CPUs with VNNI / AMX, fbgemm's on AVX2 alone), "

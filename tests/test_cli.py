@@ -98,7 +98,7 @@ def test_synth_train_eval_predict(
         == 1
     )
     assert (
-        "--max-batch-tokens: expected a positive integer or 0 (no limit), found -1" in capsys.readouterr().err
+        "--max-batch-tokens: expected 0 (no limit) or a positive integer, found -1" in capsys.readouterr().err
     )
 
     # An existing output directory is not overwritten by accident.

@@ -1,6 +1,7 @@
 """Inference engine: streaming files of any size, chunk-independent output, bf16 against fp32."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,13 +118,27 @@ def test_length_batches_cap_rows_and_padded_tokens(
         assert len(rows) == 1 or max_tokens is None or len(rows) * max(rows) <= max_tokens
 
 
-@pytest.mark.parametrize(("batch_size", "max_tokens"), [(0, 16), (4, 0), (4, -3)])
-def test_length_batches_rejects_sizes_below_one(batch_size: int, max_tokens: int) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "max_tokens", "message"),
+    [
+        (0, 16, "--batch-size: expected a positive integer, found 0"),
+        (4, -3, "--max-batch-tokens: expected 0 (no limit) or a positive integer, found -3"),
+    ],
+)
+def test_length_batches_reject_bad_sizes_in_one_line(batch_size: int, max_tokens: int, message: str) -> None:
     from guardtune.batches import length_batches
     from guardtune.errors import GuardtuneError
 
-    with pytest.raises(GuardtuneError, match="expected a positive integer"):
+    with pytest.raises(GuardtuneError, match=re.escape(message)) as raised:
         list(length_batches([3, 4], batch_size, max_tokens))
+    assert "\n" not in str(raised.value)
+
+
+def test_a_token_budget_of_zero_is_no_limit() -> None:
+    from guardtune.batches import length_batches, token_budget
+
+    assert token_budget(0) is None and token_budget(None) is None and token_budget(7) == 7
+    assert [(s.start, s.stop) for s in length_batches([400, 500], 8, 0)] == [(0, 2)]
 
 
 def test_token_budget_splits_passes_without_changing_scores(
@@ -145,3 +160,9 @@ def test_token_budget_splits_passes_without_changing_scores(
     for rows, width in shapes:
         assert rows * width <= 24 or rows == 1
     np.testing.assert_allclose(budgeted, unlimited, atol=1e-5)
+
+    # Read in windows, a text's windows are scored within the budget too.
+    shapes.clear()
+    classifier.long_text = "windows"
+    classifier.predict_proba(["my mail is here " * 12, "gg"], batch_size=8, max_batch_tokens=40)
+    assert len(shapes) > 1 and all(rows * width <= 40 or rows == 1 for rows, width in shapes)

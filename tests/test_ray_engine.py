@@ -145,9 +145,9 @@ def test_ray_engine_refuses_a_non_empty_out_and_unknown_options(
     assert "--engine: expected local or ray" in capsys.readouterr().err
 
 
-def test_ray_settings_reject_a_token_budget_below_one() -> None:
+def test_ray_settings_reject_a_negative_token_budget() -> None:
     from guardtune.errors import GuardtuneError
 
-    with pytest.raises(GuardtuneError, match="--max-batch-tokens: expected a positive integer or 0"):
-        RaySettings(max_batch_tokens=0)
-    assert RaySettings(max_batch_tokens=None).max_batch_tokens is None
+    with pytest.raises(GuardtuneError, match=r"--max-batch-tokens: expected 0 \(no limit\) or a positive"):
+        RaySettings(max_batch_tokens=-5)
+    assert RaySettings(max_batch_tokens=0).max_batch_tokens is None

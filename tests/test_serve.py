@@ -30,6 +30,7 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMITS = ServeSettings(
     max_batch_size=16,
+    max_batch_tokens=12,  # a micro-batch in several passes: the scores must not change
     max_wait_ms=20,
     max_queue=128,
     max_inputs=8,
@@ -134,6 +135,23 @@ def test_classify_agrees_with_predict(client: httpx.Client, reference) -> None:
             )
     one = client.post("/v1/classify", json={"model": "pii", "input": "gg nice map"}).json()
     assert len(one["results"]) == 1 and "min_confidence" in one["policy"]
+
+
+def test_the_server_scores_within_its_token_budget(guards, client: httpx.Client, monkeypatch) -> None:
+    method = guards["pii"].classifier.method
+    shapes: list[tuple[int, ...]] = []
+    scores = method.scores
+
+    def recording(input_ids, attention_mask, prefix=None):  # type: ignore[no-untyped-def]
+        shapes.append(tuple(input_ids.shape))
+        return scores(input_ids, attention_mask, prefix=prefix)
+
+    monkeypatch.setattr(method, "scores", recording)
+    body = client.post("/v1/classify", json={"model": "pii", "input": TEXTS}).json()
+    assert len(body["results"]) == len(TEXTS)
+    budget = LIMITS.max_batch_tokens
+    assert budget is not None and len(shapes) > 1
+    assert all(rows * width <= budget or rows == 1 for rows, width in shapes), shapes
 
 
 def test_models_lists_the_loaded_guards(client: httpx.Client) -> None:

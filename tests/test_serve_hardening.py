@@ -255,6 +255,16 @@ def test_moderation_without_model_on_a_server_with_several_guards_is_400_listing
     assert named.status_code == 200 and named.json()["model"] == "other"
 
 
+def test_settings_report_every_bad_limit_at_once() -> None:
+    with pytest.raises(GuardtuneError) as raised:
+        ServeSettings(max_batch_size=0, max_batch_tokens=-2, max_wait_ms=-1)
+    message = str(raised.value)
+    assert "--max-batch-size: expected a positive number, found 0" in message
+    assert "--max-batch-tokens: expected 0 (no limit) or a positive integer, found -2" in message
+    assert "--max-wait-ms: expected 0 or more, found -1" in message and "\n" not in message
+    assert ServeSettings(max_batch_tokens=0).max_batch_tokens is None
+
+
 # --- the API key from a file ------------------------------------------------------------------------
 
 

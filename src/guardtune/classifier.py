@@ -211,8 +211,8 @@ class Classifier:
             batch_size: most texts in one forward pass.
             calibrated: apply the model's temperature when it has one; ``False`` gives the raw
                 scores (the same as ``True`` for an uncalibrated model).
-            max_batch_tokens: most padded tokens in one forward pass (``None``: no limit), so
-                long texts go fewer at a time and a pass's activations stay small.
+            max_batch_tokens: most padded tokens in one forward pass (0 or ``None``: no limit),
+                so long texts go fewer at a time and a pass's activations stay small.
         """
         batch = [texts] if isinstance(texts, str) else list(texts)
         raw = predict_scores(

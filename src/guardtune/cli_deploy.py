@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
 from guardtune.cli_options import (
     DeviceMapOption,
     DeviceOption,
     InferenceDtypeOption,
+    MaxBatchTokensOption,
     MaxMemoryOption,
     ModelOption,
     err,
@@ -30,6 +32,7 @@ def serve(
     device_map: DeviceMapOption = None,
     max_memory: MaxMemoryOption = None,
     max_batch_size: Annotated[int, typer.Option(help="Most texts scored in one micro-batch.")] = 32,
+    max_batch_tokens: MaxBatchTokensOption = DEFAULT_MAX_BATCH_TOKENS,
     max_wait_ms: Annotated[float, typer.Option(help="Longest a request waits to share a batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Jobs waiting for the model before 503.")] = 256,
     max_inputs: Annotated[int, typer.Option(help="Texts per request (messages per chat).")] = 64,
@@ -77,6 +80,7 @@ def serve(
 
     settings = ServeSettings(
         max_batch_size=max_batch_size,
+        max_batch_tokens=max_batch_tokens,
         max_wait_ms=max_wait_ms,
         max_queue=max_queue,
         max_inputs=max_inputs,

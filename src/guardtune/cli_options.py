@@ -42,6 +42,10 @@ InferenceDtypeOption = Annotated[
         "(CPUs with VNNI / AMX, or AVX2), the rest as auto.",
     ),
 ]
+MaxBatchTokensOption = Annotated[
+    int,
+    typer.Option(help="Most padded tokens per forward pass: long texts go fewer at a time (0: no limit)."),
+]
 CompileOption = Annotated[
     bool,
     typer.Option(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, token_budget
 from guardtune.cli_options import (
     CompileOption,
     DeviceMapOption,
@@ -16,6 +16,7 @@ from guardtune.cli_options import (
     InferenceDtypeOption,
     Int8RecheckOption,
     LabelledDataOption,
+    MaxBatchTokensOption,
     MaxMemoryOption,
     ModelOption,
     out,
@@ -176,13 +177,8 @@ def predict(
         Path,
         typer.Option("--out", help="Output file (CSV, JSONL, Parquet); with --engine ray a new folder."),
     ],
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 32,
-    max_batch_tokens: Annotated[
-        int,
-        typer.Option(
-            help="Most padded tokens per forward pass: long texts go fewer at a time (0: no limit)."
-        ),
-    ] = DEFAULT_MAX_BATCH_TOKENS,
+    batch_size: Annotated[int, typer.Option(help="Most rows per forward pass.")] = 32,
+    max_batch_tokens: MaxBatchTokensOption = DEFAULT_MAX_BATCH_TOKENS,
     dtype: InferenceDtypeOption = "auto",
     device: DeviceOption = "auto",
     device_map: DeviceMapOption = None,
@@ -208,10 +204,7 @@ def predict(
     from guardtune.predict_files import predict_file
 
     reading = _long_text(long_text)
-    if max_batch_tokens < 0:
-        raise GuardtuneError(
-            f"--max-batch-tokens: expected a positive integer or 0 (no limit), found {max_batch_tokens}"
-        )
+    budget = token_budget(max_batch_tokens)
     if reading is not None and engine != "local":
         raise GuardtuneError("--long-text: supported with --engine local only")
     if compiled and engine == "ray":
@@ -229,7 +222,7 @@ def predict(
         settings = RaySettings(
             actors=actors,
             batch_size=batch_size,
-            max_batch_tokens=max_batch_tokens or None,
+            max_batch_tokens=budget,
             address=address,
             num_cpus=num_cpus,
             cpus_per_actor=cpus_per_actor,
@@ -246,9 +239,7 @@ def predict(
     elif engine == "local":
         classifier = _load(model, dtype, device, device_map, max_memory, compiled, int8_recheck)
         classifier.long_text = reading
-        counts = predict_file(
-            classifier, data, out_file, batch_size=batch_size, max_batch_tokens=max_batch_tokens or None
-        )
+        counts = predict_file(classifier, data, out_file, batch_size=batch_size, max_batch_tokens=budget)
         _say_rechecked(classifier, int8_recheck)
     else:
         raise GuardtuneError(f"--engine: expected local or ray, found {engine!r}")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, length_batches
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, check_batch_limits, length_batches
 from guardtune.long_text import text_windows
 from guardtune.methods.base import LoraMethod
 from guardtune.methods.decoder import pad_batch
@@ -52,7 +52,7 @@ def predict_scores(
 
     Rows are scored in length order so each batch carries little padding; the result is returned
     in input order. A batch holds at most ``batch_size`` texts and ``max_batch_tokens`` padded
-    tokens (``None``: no token limit). For methods whose prompts share a prefix (the instruction),
+    tokens (0 or ``None``: no token limit). For methods whose prompts share a prefix (the instruction),
     the prefix's key/value cache is computed once and each batch runs only its messages' own
     tokens, which are the ones counted.
 
@@ -64,6 +64,7 @@ def predict_scores(
             the others, and their float scores replace the int8 ones.
     """
     n_labels = len(method.task.labels)
+    max_batch_tokens = check_batch_limits(batch_size, max_batch_tokens)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
     if recheck is not None:

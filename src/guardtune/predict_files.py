@@ -55,6 +55,10 @@ def predict_file(
     appears only when every row is done. Memory stays flat: rows are read, scored and written
     ``chunk_rows`` at a time.
 
+    Args:
+        batch_size: most rows in one forward pass.
+        max_batch_tokens: most padded tokens in one forward pass (0 or ``None``: no limit).
+
     Returns:
         How many rows got each label.
     """

@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from guardtune.atomic import atomic_dir
-from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, token_budget_problem
 from guardtune.data.readers import SUPPORTED_SUFFIXES, examples_from_frame
 from guardtune.data.writers import predictions_frame
 from guardtune.errors import GuardtuneError
@@ -40,7 +40,7 @@ class RaySettings:
 
     actors: int = 2
     batch_size: int = 32  # rows per actor call, scored in forward passes of this many rows
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # and of this many padded tokens at most
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # and this many padded tokens (0 / None: any)
     address: str | None = None  # None: start a Ray instance on this machine
     num_cpus: int | None = None  # CPUs of the local instance (default: all of this machine's)
     cpus_per_actor: float = 1.0
@@ -52,9 +52,9 @@ class RaySettings:
             problems.append(f"--actors: expected a positive integer, found {self.actors}")
         if self.batch_size < 1:
             problems.append(f"--batch-size: expected a positive integer, found {self.batch_size}")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            found = self.max_batch_tokens
-            problems.append(f"--max-batch-tokens: expected a positive integer or 0 (no limit), found {found}")
+        if (problem := token_budget_problem(self.max_batch_tokens)) is not None:
+            problems.append(problem)
+        self.max_batch_tokens = self.max_batch_tokens or None
         if self.num_cpus is not None and self.num_cpus < 1:
             problems.append(f"--num-cpus: expected a positive integer, found {self.num_cpus}")
         if self.cpus_per_actor <= 0:

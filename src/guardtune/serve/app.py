@@ -49,7 +49,9 @@ def create_app(guards: dict[str, Guard], settings: ServeSettings | None = None) 
     metrics = ServeMetrics()
 
     def score(name: str, texts: list[str]) -> Any:
-        return guards[name].classifier.predict_proba(texts, batch_size=settings.max_batch_size)
+        return guards[name].classifier.predict_proba(
+            texts, batch_size=settings.max_batch_size, max_batch_tokens=settings.max_batch_tokens
+        )
 
     batcher = MicroBatcher(score, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics)
 

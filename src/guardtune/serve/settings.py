@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from guardtune.batches import DEFAULT_MAX_BATCH_TOKENS, token_budget_problem
 from guardtune.errors import GuardtuneError
 
 # Written for the embedded Gemma 3 270M, a pretrained base: without answered turns to copy it
@@ -26,6 +27,8 @@ class ServeSettings:
 
     Args:
         max_batch_size: most texts scored in one micro-batch.
+        max_batch_tokens: most padded tokens in one forward pass (0 or ``None``: no limit); a
+            micro-batch of long texts is scored in several.
         max_wait_ms: longest a request waits for others to share its batch.
         max_queue: most jobs waiting for the model; beyond it requests get 503 + Retry-After.
         max_inputs: most texts per classify / moderation request (messages per chat request).
@@ -40,6 +43,7 @@ class ServeSettings:
     """
 
     max_batch_size: int = 32
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_inputs: int = 64
@@ -65,6 +69,9 @@ class ServeSettings:
             )
             if getattr(self, name) <= 0
         ]
+        if (problem := token_budget_problem(self.max_batch_tokens)) is not None:
+            problems.append(problem)
+        self.max_batch_tokens = self.max_batch_tokens or None
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms: expected 0 or more, found {self.max_wait_ms}")
         if self.api_key is not None and not self.api_key.strip():
