@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -12,6 +15,10 @@ from guardtune.methods.base import LoraMethod
 from guardtune.methods.decoder import pad_batch
 from guardtune.precision import float_projections
 from guardtune.recheck import Recheck
+
+# predict_scores with the method, the batch limits and head-tail reading bound: texts, then
+# ``desc`` and ``reuse_prefix`` by keyword.
+ScoreWhole = Callable[..., np.ndarray]
 
 
 def _fits_window(method: LoraMethod, encoded: list[list[int]]) -> bool:
@@ -67,13 +74,20 @@ def predict_scores(
     max_batch_tokens = check_batch_limits(batch_size, max_batch_tokens)
     if not texts:
         return np.zeros((0, n_labels), dtype=np.float32)
+    # Texts (or windows, already cut to the budget) scored whole, in passes of these limits.
+    whole: ScoreWhole = functools.partial(
+        predict_scores,
+        method,
+        batch_size=batch_size,
+        progress=progress,
+        long_text="head-tail",
+        max_batch_tokens=max_batch_tokens,
+    )
     if recheck is not None:
         with recheck.lock:
-            return _scores_rechecked(
-                method, texts, batch_size, progress, desc, reuse_prefix, long_text, recheck, max_batch_tokens
-            )
+            return _scores_rechecked(method, texts, long_text, recheck, whole, desc, reuse_prefix)
     if (long_text or method.task.long_text) == "windows":
-        return _most_flagged_window(method, texts, batch_size, progress, desc, reuse_prefix, max_batch_tokens)
+        return _most_flagged_window(method, texts, whole, desc, reuse_prefix)
     encoded = method.encode(texts)
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(texts), n_labels), dtype=np.float32)
@@ -106,13 +120,11 @@ def predict_scores(
 def _scores_rechecked(
     method: LoraMethod,
     texts: list[str],
-    batch_size: int,
-    progress: bool,
-    desc: str,
-    reuse_prefix: bool,
     long_text: str | None,
     recheck: Recheck,
-    max_batch_tokens: int | None,
+    whole: ScoreWhole,
+    desc: str,
+    reuse_prefix: bool,
 ) -> np.ndarray:
     """:func:`predict_scores` in int8, then again in float for the texts ``recheck`` picks.
 
@@ -126,10 +138,7 @@ def _scores_rechecked(
     if windowed:
         pieces, owners = _windows(method, texts)
         owner = np.array(owners)
-    scores = predict_scores(
-        method, pieces, batch_size, progress, desc, reuse_prefix, "head-tail",
-        max_batch_tokens=max_batch_tokens,
-    )  # fmt: skip
+    scores = whole(pieces, desc=desc, reuse_prefix=reuse_prefix)
     best = _most_flagged(method, scores, owner, len(texts))
     unstable = recheck.unstable(scores[best])
     if windowed:
@@ -142,10 +151,7 @@ def _scores_rechecked(
     if len(again):
         # Whole prompts, no prefix cache: the cached one was computed by the int8 projections.
         with float_projections(method.backbone.model):
-            scores[again] = predict_scores(
-                method, [pieces[i] for i in again], batch_size, progress, f"{desc} in float",
-                reuse_prefix=False, long_text="head-tail", max_batch_tokens=max_batch_tokens,
-            )  # fmt: skip
+            scores[again] = whole([pieces[i] for i in again], desc=f"{desc} in float", reuse_prefix=False)
         best = _most_flagged(method, scores, owner, len(texts))
     recheck.rescored += int(unstable.sum())
     return scores[best]
@@ -177,18 +183,9 @@ def _most_flagged(method: LoraMethod, scores: np.ndarray, owner: np.ndarray, n_t
 
 
 def _most_flagged_window(
-    method: LoraMethod,
-    texts: list[str],
-    batch_size: int,
-    progress: bool,
-    desc: str,
-    reuse_prefix: bool,
-    max_batch_tokens: int | None,
+    method: LoraMethod, texts: list[str], whole: ScoreWhole, desc: str, reuse_prefix: bool
 ) -> np.ndarray:
     """Score every window of every text; each text gets the scores of its most flagged window."""
     windows, owners = _windows(method, texts)
-    scores = predict_scores(
-        method, windows, batch_size, progress, desc, reuse_prefix, "head-tail",
-        max_batch_tokens=max_batch_tokens,
-    )  # fmt: skip
+    scores = whole(windows, desc=desc, reuse_prefix=reuse_prefix)
     return scores[_most_flagged(method, scores, np.array(owners), len(texts))]
