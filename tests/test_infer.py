@@ -102,6 +102,7 @@ def test_streaming_predict_keeps_memory_flat(model_dir: Path, tmp_path: Path) ->
         ([1, 2, 3, 100, 200, 300, 2000], 3, 400, [(0, 3), (3, 5), (5, 6), (6, 7)]),
         ([10] * 8, 32, 30, [(0, 3), (3, 6), (6, 8)]),
         ([5, 50], 4, 8, [(0, 1), (1, 2)]),  # a row longer than the budget goes alone
+        ([5, 50, 5], 4, 60, [(0, 1), (1, 2), (2, 3)]),  # unsorted: padded to the longest so far
         ([], 4, 16, []),
     ],
 )
