@@ -157,8 +157,10 @@ def stack_siblings(projections: list[FbgemmProjections]) -> list[FbgemmProjectio
         if reads_shared_input(i):
             stacked.append(None)
         elif reads_shared_input(i + 1):
-            group = projections[i : i + (3 if i % 7 == 0 else 2)]
-            stacked.append(FbgemmProjections.stack(group))
+            end = i + 1
+            while end < len(projections) and reads_shared_input(end):
+                end += 1
+            stacked.append(FbgemmProjections.stack(projections[i:end]))
         else:
             stacked.append(own)
     return stacked
