@@ -25,11 +25,15 @@ first, with the first dtype's predictions on all messages.
     python benchmarks/bench_predict.py --model runs/pii-head --model runs/pii-lt   # trained dirs
 
 Each path runs in a fresh subprocess (unless ``--no-isolate``), so its peak RSS is its own.
+``--allocators default jemalloc`` runs each (c) row once per memory allocator, preloaded into its
+worker process (Linux): glibc's malloc keeps a fragmented heap after loading, which jemalloc or
+tcmalloc may not (docs/int8.md, "Memory").
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes.util
 import json
 import os
 import resource
@@ -53,6 +57,7 @@ RESULT_KEYS = (
     "dtype",
     "batch_size",
     "max_batch_tokens",
+    "allocator",
     "n",
     "seconds",
     "messages_per_s",
@@ -103,6 +108,54 @@ def peak_rss_mb() -> float:
     """
     hwm = vm_hwm_mb()
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Allocators --allocators knows by name: the library names ``ctypes.util.find_library`` looks up,
+# and the Debian / Ubuntu package that installs them.
+ALLOCATORS = {
+    "jemalloc": (("jemalloc",), "libjemalloc2"),
+    "tcmalloc": (("tcmalloc_minimal", "tcmalloc"), "libtcmalloc-minimal4"),
+}
+DEFAULT_ALLOCATOR = "default"
+
+
+def allocator_library(name: str) -> str | None:
+    """The shared library to preload for allocator ``name``: a name in :data:`ALLOCATORS` or a
+    library's path; None for ``default`` (the process's own malloc, glibc's on most Linux)."""
+    if name == DEFAULT_ALLOCATOR:
+        return None
+    if not sys.platform.startswith("linux"):
+        raise SystemExit(f"--allocators {name}: preloading an allocator needs Linux (LD_PRELOAD)")
+    if name in ALLOCATORS:
+        libraries, package = ALLOCATORS[name]
+        for library in libraries:
+            found = ctypes.util.find_library(library)
+            if found:
+                return found
+        raise SystemExit(
+            f"--allocators {name}: no lib{libraries[0]} on this machine "
+            f"(Debian / Ubuntu: apt install {package}); or give the library's path"
+        )
+    if Path(name).is_file():
+        return str(Path(name).resolve())
+    raise SystemExit(
+        f"--allocators {name}: expected {DEFAULT_ALLOCATOR}, {', '.join(ALLOCATORS)} or a malloc "
+        "library's path"
+    )
+
+
+def allocator_label(name: str) -> str:
+    """How a row names its allocator: the name given, or a path's file name."""
+    return name if name == DEFAULT_ALLOCATOR or name in ALLOCATORS else Path(name).name
+
+
+def is_mapped(library: str) -> bool:
+    """Whether this process has ``library`` (a file name as ``find_library`` gives it, or a
+    path) mapped: a preloaded allocator that failed to load would measure the default one."""
+    import psutil
+
+    name = Path(library).name
+    return any(Path(region.path).name.startswith(name) for region in psutil.Process().memory_maps())
 
 
 def current_rss_mb() -> float:
@@ -401,6 +454,9 @@ def run_worker(spec_path: Path) -> None:
 
     quiet()
     spec = json.loads(spec_path.read_text())
+    library = spec.get("allocator_library")
+    if library and not is_mapped(library):
+        raise SystemExit(f"--allocators: {library} was preloaded but is not loaded in the worker")
     for module in WORKER_IMPORTS[spec["kind"]]:
         importlib.import_module(module)
     imports_rss = current_rss_mb()
@@ -424,7 +480,12 @@ def run_path(spec: dict[str, Any], work: Path, isolate: bool) -> dict[str, Any]:
     label = f"{spec['kind']} {spec.get('method') or ''}".strip()
     print(f"measuring {label} on {spec['n']} messages...", file=sys.stderr, flush=True)
     if isolate:
-        completed = subprocess.run([sys.executable, __file__, "--worker", str(spec_path)], check=False)
+        env = dict(os.environ)
+        if spec.get("allocator_library"):
+            env["LD_PRELOAD"] = " ".join(filter(None, [spec["allocator_library"], env.get("LD_PRELOAD")]))
+        completed = subprocess.run(
+            [sys.executable, __file__, "--worker", str(spec_path)], check=False, env=env
+        )
         if completed.returncode != 0:
             raise SystemExit(f"{label}: worker failed with exit code {completed.returncode}")
     else:
@@ -537,9 +598,16 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def variant_label(dtype: str, budget: int, budgets: list[int]) -> str:
-    """A (c) row's dtype column: the dtype, and its token budget where several are compared."""
-    return dtype if len(budgets) == 1 else f"{dtype}, {budget or 'any'} tokens"
+def variant_label(variant: tuple[str, int, str], budgets: list[int], allocators: list[str]) -> str:
+    """A (c) row's dtype column: the dtype, and its token budget and allocator where several of
+    them are compared."""
+    dtype, budget, allocator = variant
+    parts = [dtype]
+    if len(budgets) > 1:
+        parts.append(f"{budget or 'any'} tokens")
+    if len(allocators) > 1:
+        parts.append(allocator_label(allocator))
+    return ", ".join(parts)
 
 
 def build_row(
@@ -555,6 +623,7 @@ def build_row(
         "dtype": spec.get("dtype", "fp32"),
         "batch_size": spec.get("batch_size", 1),
         "max_batch_tokens": spec.get("max_batch_tokens"),
+        "allocator": allocator_label(spec.get("allocator", DEFAULT_ALLOCATOR)),
         "n": spec["n"],
         "seconds": seconds,
         "messages_per_s": spec["n"] / seconds if seconds > 0 else None,
@@ -608,6 +677,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="(c): most padded tokens per forward pass, 0 for no limit; several values give a (c) "
         f"row per dtype and value (default: guardtune's, {DEFAULT_MAX_BATCH_TOKENS})",
     )
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        default=[DEFAULT_ALLOCATOR],
+        help="(c): the memory allocator each worker runs with, preloaded (Linux): default (the "
+        f"process's own), {', '.join(ALLOCATORS)} or a malloc library's path; several values give "
+        "a (c) row per dtype and allocator",
+    )
     parser.add_argument("--dtype", default="auto", help="training dtype: auto, bf16 or fp32")
     parser.add_argument(
         "--dtypes",
@@ -642,6 +719,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from guardtune.modeldir import read_manifest
 
     isolate = not args.no_isolate
+    # Bad options stop here, before any training or measuring.
+    budgets = list(dict.fromkeys(args.max_batch_tokens))
+    for budget in budgets:
+        if (problem := token_budget_problem(budget)) is not None:
+            raise SystemExit(problem)
+    budget_list = ", ".join(str(budget or "any") for budget in budgets)
+    allocators = list(dict.fromkeys(args.allocators))
+    libraries = {allocator: allocator_library(allocator) for allocator in allocators}
+    if args.no_isolate and any(libraries.values()):
+        raise SystemExit(
+            "--allocators: a preloaded allocator needs each path in its own process (drop --no-isolate)"
+        )
     work = args.work or Path(tempfile.mkdtemp(prefix="guardtune-bench-predict-"))
     work.mkdir(parents=True, exist_ok=True)
     models = list(args.model) or train_models(args, work)
@@ -652,14 +741,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = next(iter(bases)) if args.model else args.base
     task = next(iter(manifests.values())).task
     dtypes = list(dict.fromkeys(args.dtypes or [args.dtype, "int8"]))
-    budgets = list(dict.fromkeys(args.max_batch_tokens))
-    for budget in budgets:
-        if (problem := token_budget_problem(budget)) is not None:
-            raise SystemExit(problem)
-    budget_list = ", ".join(str(budget or "any") for budget in budgets)
-    # One (c) row per dtype and token budget; the first is every later one's reference.
-    variants = [(dtype, budget) for dtype in dtypes for budget in budgets]
-    reference = variant_label(*variants[0], budgets)
+    # One (c) row per dtype, token budget and allocator; the first is every later one's reference.
+    variants = [(d, b, a) for d in dtypes for b in budgets for a in allocators]
+    reference = variant_label(variants[0], budgets, allocators)
 
     if args.data:
         texts, gold = read_check_file(args.data, task, args.n)
@@ -704,17 +788,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw = run_path(spec, work, isolate)
         rows.append(build_row("(b) common: SeqCls + LoRA, batched, fp32", spec, raw, peak_float, isolate))
     for method, path in by_method.items():
-        for dtype, budget in variants:
+        for variant in variants:
+            dtype, budget, allocator = variant
             spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": n}
             spec.update(batch_size=args.batch_size, dtype=dtype, max_batch_tokens=budget)
+            spec.update(allocator=allocator, allocator_library=libraries[allocator])
             raw = run_path(spec, work, isolate)
             row = build_row("(c) guardtune predict_proba", spec, raw, peak_float, isolate)
-            row["dtype"] = variant_label(dtype, budget, budgets)
+            row["dtype"] = variant_label(variant, budgets, allocators)
             seeds = predictions.get((SEEDS, method))
             if seeds is not None:
                 row["agreement_with_seeds"] = agreement(raw["predicted"][: len(seeds)], seeds)
             first_predicted = predictions.setdefault((GUARDTUNE, method), raw["predicted"])
-            if (dtype, budget) != variants[0]:
+            if variant != variants[0]:
                 row["agreement_with_reference"] = agreement(raw["predicted"], first_predicted)
                 first = next(r for r in rows if r["kind"] == GUARDTUNE and r["method"] == method)
                 if row["messages_per_s"] and first["messages_per_s"]:
@@ -747,6 +833,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "the same adapter's generated text.",
         f"(c) runs once per dtype ({', '.join(dtypes)})"
         + (f" and token budget ({budget_list})" if len(budgets) > 1 else "")
+        + (
+            f" and allocator ({', '.join(allocator_label(a) for a in allocators)}, preloaded into "
+            "the worker; default: the process's own malloc)"
+            if len(allocators) > 1
+            else ""
+        )
         + f"; 'agrees with {reference}' is the share of all {n} messages where a later row picks the "
         f"label the {reference} row picked, and 'x {reference}' its messages/s over that row's "
         "(same run). "
@@ -788,6 +880,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dtype": args.dtype,
             "dtypes": dtypes,
             "max_batch_tokens": budgets,
+            "allocators": {allocator_label(a): libraries[a] for a in allocators},
             "reference": reference,
             "methods": list(by_method),
             "models": {m: str(p) for m, p in by_method.items()},

@@ -90,6 +90,30 @@ def test_bench_predict_writes_json_and_markdown(
     assert "agrees with auto" in table
 
 
+def test_bench_predict_names_an_allocator_or_stops_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = load_benchmark("bench_predict")
+    assert bench.allocator_library("default") is None
+    found = {"jemalloc": "libjemalloc.so.2"}
+    monkeypatch.setattr(bench.ctypes.util, "find_library", found.get)
+    assert bench.allocator_library("jemalloc") == "libjemalloc.so.2"
+    missing = r"no libtcmalloc_minimal on this machine \(Debian / Ubuntu: apt install libtcmalloc-minimal4\)"
+    with pytest.raises(SystemExit, match=missing):
+        bench.allocator_library("tcmalloc")
+    library = tmp_path / "libmymalloc.so"
+    library.write_bytes(b"")
+    assert bench.allocator_library(str(library)) == str(library.resolve())
+    assert bench.allocator_label(str(library)) == "libmymalloc.so"
+    with pytest.raises(SystemExit, match="expected default, jemalloc, tcmalloc or a malloc library's path"):
+        bench.allocator_library("mimalloc")
+    # A preloaded allocator needs a process of its own: refused before anything is trained.
+    with pytest.raises(SystemExit, match="drop --no-isolate"):
+        bench.main(["--no-isolate", "--allocators", "default", str(library), "--work", str(tmp_path / "w")])
+    assert not (tmp_path / "w").exists()
+    assert bench.is_mapped("libc.so.6") and not bench.is_mapped("libnot-a-malloc.so")
+
+
 def test_bench_train_writes_json_and_markdown(
     tiny_base_wide_window: str, tmp_path: Path, one_thread: None
 ) -> None:

@@ -417,6 +417,44 @@ def test_bench_predict_puts_int8_beside_the_float_row_on_a_check_file(
     assert ("projections int8" in int8_row["note"]) == (precision.int8_unavailable_reason() is None)
 
 
+def test_bench_predict_runs_a_row_per_allocator_each_preloaded_into_its_worker(
+    model_dir: Path, toy_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import psutil
+
+    # glibc's malloc-debugging library forwards to glibc's malloc: preloading it changes nothing
+    # but which libraries the worker maps, which the worker checks.
+    mapped = [Path(region.path) for region in psutil.Process().memory_maps()]
+    libc = next((path for path in mapped if path.name == "libc.so.6"), None)
+    preload = None if libc is None else libc.parent / "libc_malloc_debug.so.0"
+    if preload is None or not preload.is_file():
+        pytest.skip("no glibc malloc-debugging library to preload on this machine")
+    threads = torch.get_num_threads()
+    bench = load_script(Path(__file__).resolve().parent.parent / "benchmarks" / "bench_predict.py")
+    try:
+        result = bench.main(
+            [
+                "--model", str(model_dir), "--data", str(toy_files["test"]), "--guardtune-only",
+                "--dtypes", "int8", "--allocators", "default", str(preload), "--n", "16",
+                "--latency-n", "1", "--batch-size", "8", "--matmul-size", "64", "--threads", "1",
+                "--work", str(tmp_path),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    rows = result["paths"]
+    assert [(r["dtype"], r["allocator"]) for r in rows] == [
+        ("int8, default", "default"),
+        ("int8, libc_malloc_debug.so.0", "libc_malloc_debug.so.0"),
+    ]
+    libraries = {"default": None, "libc_malloc_debug.so.0": str(preload.resolve())}
+    assert result["config"]["allocators"] == libraries
+    assert all(r["rss_scope"] == "this path alone (fresh process)" for r in rows)
+    # The same model on the same messages: an allocator moves memory and speed, never a label.
+    assert rows[1]["agreement_with_reference"] == 1.0 and rows[1]["speed_to_reference"] > 0
+    assert "allocator (default, libc_malloc_debug.so.0" in " ".join(result["notes"])
+
+
 def test_a_cached_base_loads_a_compact_tokenizer_with_the_same_ids(
     tiny_base: str, toy_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
