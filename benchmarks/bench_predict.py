@@ -136,12 +136,21 @@ def allocator_library(name: str) -> str | None:
             f"--allocators {name}: no lib{libraries[0]} on this machine "
             f"(Debian / Ubuntu: apt install {package}); or give the library's path"
         )
-    if Path(name).is_file():
-        return str(Path(name).resolve())
-    raise SystemExit(
-        f"--allocators {name}: expected {DEFAULT_ALLOCATOR}, {', '.join(ALLOCATORS)} or a malloc "
-        "library's path"
-    )
+    path = Path(name)
+    if not path.is_file():
+        raise SystemExit(
+            f"--allocators {name}: expected {DEFAULT_ALLOCATOR}, {', '.join(ALLOCATORS)} or a malloc "
+            "library's path"
+        )
+    # The loader splits LD_PRELOAD at spaces and colons, and skips what is not a shared object
+    # (e.g. libc.so, a linker script), which would leave the row measuring the default malloc.
+    resolved = str(path.resolve())
+    if any(c in resolved for c in " :"):
+        raise SystemExit(f"--allocators {name}: expected a path without spaces or colons (LD_PRELOAD)")
+    with path.open("rb") as library_file:
+        if library_file.read(4) != b"\x7fELF":
+            raise SystemExit(f"--allocators {name}: expected a shared library (ELF)")
+    return resolved
 
 
 def allocator_label(name: str) -> str:
@@ -149,13 +158,20 @@ def allocator_label(name: str) -> str:
     return name if name == DEFAULT_ALLOCATOR or name in ALLOCATORS else Path(name).name
 
 
-def is_mapped(library: str) -> bool:
-    """Whether this process has ``library`` (a file name as ``find_library`` gives it, or a
-    path) mapped: a preloaded allocator that failed to load would measure the default one."""
+def mapped_library(library: str) -> str | None:
+    """The path this process maps ``library`` from (a path, or a file name as ``find_library``
+    gives it, which may be a symlink to a longer versioned name), or None."""
     import psutil
 
-    name = Path(library).name
-    return any(Path(region.path).name.startswith(name) for region in psutil.Process().memory_maps())
+    wanted = Path(library)
+    for region in psutil.Process().memory_maps():
+        path = Path(region.path)
+        if wanted.is_absolute():
+            if path == wanted:
+                return region.path
+        elif path.name == wanted.name or path.name.startswith(wanted.name + "."):
+            return region.path
+    return None
 
 
 def current_rss_mb() -> float:
@@ -452,11 +468,13 @@ def run_worker(spec_path: Path) -> None:
     """One path, in this process: read the spec and the messages, write the result."""
     import importlib
 
-    quiet()
     spec = json.loads(spec_path.read_text())
     library = spec.get("allocator_library")
-    if library and not is_mapped(library):
+    mapped = mapped_library(library) if library else None
+    if library and mapped is None:
+        # The loader only warns when it cannot preload; the row would measure the default malloc.
         raise SystemExit(f"--allocators: {library} was preloaded but is not loaded in the worker")
+    quiet()
     for module in WORKER_IMPORTS[spec["kind"]]:
         importlib.import_module(module)
     imports_rss = current_rss_mb()
@@ -469,6 +487,8 @@ def run_worker(spec_path: Path) -> None:
     result = RUNNERS[spec["kind"]](spec, texts, labels)
     result["peak_rss_mb"] = peak_rss_mb()
     result["imports_rss_mb"] = imports_rss
+    if mapped:
+        result["note"] += f"; malloc from {mapped}"
     Path(spec["out"]).write_text(json.dumps(result))
 
 
@@ -477,7 +497,7 @@ def run_path(spec: dict[str, Any], work: Path, isolate: bool) -> dict[str, Any]:
     spec_path = work / f"spec-{index}.json"
     spec["out"] = str(work / f"result-{index}.json")
     spec_path.write_text(json.dumps(spec))
-    label = f"{spec['kind']} {spec.get('method') or ''}".strip()
+    label = " ".join(str(part) for part in (spec["kind"], spec.get("method"), spec.get("variant")) if part)
     print(f"measuring {label} on {spec['n']} messages...", file=sys.stderr, flush=True)
     if isolate:
         env = dict(os.environ)
@@ -727,6 +747,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget_list = ", ".join(str(budget or "any") for budget in budgets)
     allocators = list(dict.fromkeys(args.allocators))
     libraries = {allocator: allocator_library(allocator) for allocator in allocators}
+    labels = [allocator_label(allocator) for allocator in allocators]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--allocators: two allocators would share a row label ({', '.join(labels)})")
+    # An LD_PRELOAD this script inherits is in every worker, the default rows' too.
+    inherited_preload = os.environ.get("LD_PRELOAD") or None
     if args.no_isolate and any(libraries.values()):
         raise SystemExit(
             "--allocators: a preloaded allocator needs each path in its own process (drop --no-isolate)"
@@ -793,9 +818,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spec = {**common, "kind": GUARDTUNE, "method": method, "model": str(path), "n": n}
             spec.update(batch_size=args.batch_size, dtype=dtype, max_batch_tokens=budget)
             spec.update(allocator=allocator, allocator_library=libraries[allocator])
+            spec["variant"] = variant_label(variant, budgets, allocators)
             raw = run_path(spec, work, isolate)
             row = build_row("(c) guardtune predict_proba", spec, raw, peak_float, isolate)
-            row["dtype"] = variant_label(variant, budgets, allocators)
+            row["dtype"] = spec["variant"]
             seeds = predictions.get((SEEDS, method))
             if seeds is not None:
                 row["agreement_with_seeds"] = agreement(raw["predicted"][: len(seeds)], seeds)
@@ -832,13 +858,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "the share of (a)'s messages where guardtune's fast path picks the label (a) parsed from "
         "the same adapter's generated text.",
         f"(c) runs once per dtype ({', '.join(dtypes)})"
-        + (f" and token budget ({budget_list})" if len(budgets) > 1 else "")
+        + (f", token budget ({budget_list})" if len(budgets) > 1 else "")
         + (
-            f" and allocator ({', '.join(allocator_label(a) for a in allocators)}, preloaded into "
-            "the worker; default: the process's own malloc)"
+            f", allocator ({', '.join(labels)}, preloaded into the worker; default: the process's own malloc)"
             if len(allocators) > 1
             else ""
         )
+        + (f" (every worker inherits LD_PRELOAD={inherited_preload})" if inherited_preload else "")
         + f"; 'agrees with {reference}' is the share of all {n} messages where a later row picks the "
         f"label the {reference} row picked, and 'x {reference}' its messages/s over that row's "
         "(same run). "
@@ -880,7 +906,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "dtype": args.dtype,
             "dtypes": dtypes,
             "max_batch_tokens": budgets,
-            "allocators": {allocator_label(a): libraries[a] for a in allocators},
+            "allocators": dict(zip(labels, libraries.values(), strict=True)),
+            "inherited_ld_preload": inherited_preload,
             "reference": reference,
             "methods": list(by_method),
             "models": {m: str(p) for m, p in by_method.items()},

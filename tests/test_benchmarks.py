@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -90,6 +92,10 @@ def test_bench_predict_writes_json_and_markdown(
     assert "agrees with auto" in table
 
 
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+
+
+@linux_only
 def test_bench_predict_names_an_allocator_or_stops_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,16 +108,64 @@ def test_bench_predict_names_an_allocator_or_stops_in_one_line(
     with pytest.raises(SystemExit, match=missing):
         bench.allocator_library("tcmalloc")
     library = tmp_path / "libmymalloc.so"
-    library.write_bytes(b"")
+    library.write_bytes(b"\x7fELF" + bytes(60))
     assert bench.allocator_library(str(library)) == str(library.resolve())
     assert bench.allocator_label(str(library)) == "libmymalloc.so"
     with pytest.raises(SystemExit, match="expected default, jemalloc, tcmalloc or a malloc library's path"):
         bench.allocator_library("mimalloc")
-    # A preloaded allocator needs a process of its own: refused before anything is trained.
-    with pytest.raises(SystemExit, match="drop --no-isolate"):
-        bench.main(["--no-isolate", "--allocators", "default", str(library), "--work", str(tmp_path / "w")])
+    script = tmp_path / "libc.so"  # what glibc's libc.so is: a linker script, not a library
+    script.write_text("GROUP ( /lib/libc.so.6 )\n")
+    with pytest.raises(SystemExit, match=r"libc.so: expected a shared library \(ELF\)"):
+        bench.allocator_library(str(script))
+    spaced = tmp_path / "my malloc.so"
+    spaced.write_bytes(library.read_bytes())
+    with pytest.raises(SystemExit, match="expected a path without spaces or colons"):
+        bench.allocator_library(str(spaced))
+    # Refused before anything is trained: a preloaded allocator in one process, two rows one label.
+    twin = tmp_path / "other" / "libmymalloc.so"
+    twin.parent.mkdir()
+    twin.write_bytes(library.read_bytes())
+    for args, message in (
+        (["--no-isolate", "--allocators", "default", str(library)], "drop --no-isolate"),
+        (["--allocators", str(library), str(twin)], "would share a row label"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            bench.main([*args, "--work", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists()
-    assert bench.is_mapped("libc.so.6") and not bench.is_mapped("libnot-a-malloc.so")
+
+
+@linux_only
+def test_bench_predict_finds_the_preloaded_library_or_stops_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bench = load_benchmark("bench_predict")
+    # A name as find_library gives it matches the file it names (or a longer version of it); a
+    # path matches only itself, not a file of the same name elsewhere.
+    libc = bench.mapped_library("libc.so.6")
+    assert libc is not None and bench.mapped_library(libc) == libc
+    assert bench.mapped_library(str(tmp_path / "libc.so.6")) is None
+    assert bench.mapped_library("libnot-a-malloc.so") is None
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps({"kind": "guardtune", "allocator_library": "libnot-a-malloc.so"}))
+    with pytest.raises(SystemExit, match=r"libnot-a-malloc\.so was preloaded but is not loaded"):
+        bench.run_worker(spec_path)
+    # The allocator goes first in LD_PRELOAD, before what the script itself inherited.
+    monkeypatch.setenv("LD_PRELOAD", "/opt/inherited.so")
+    seen: dict[str, str] = {}
+
+    def fake_worker(command: list[str], check: bool, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        seen.update(env)
+        Path(json.loads(Path(command[-1]).read_text())["out"]).write_text("{}")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_worker)
+    spec = {"kind": "guardtune", "method": "head", "variant": "int8, jemalloc", "n": 1}
+    bench.run_path({**spec, "allocator_library": "libjemalloc.so.2"}, tmp_path, isolate=True)
+    assert seen["LD_PRELOAD"] == "libjemalloc.so.2 /opt/inherited.so"
+    bench.run_path({**spec, "allocator_library": None}, tmp_path, isolate=True)
+    assert seen["LD_PRELOAD"] == "/opt/inherited.so"
+    label = bench.variant_label(("int8", 0, str(tmp_path / "libfoo.so")), [0, 512], ["default", "x"])
+    assert label == "int8, any tokens, libfoo.so"
 
 
 def test_bench_train_writes_json_and_markdown(

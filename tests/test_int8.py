@@ -450,6 +450,7 @@ def test_bench_predict_runs_a_row_per_allocator_each_preloaded_into_its_worker(
     libraries = {"default": None, "libc_malloc_debug.so.0": str(preload.resolve())}
     assert result["config"]["allocators"] == libraries
     assert all(r["rss_scope"] == "this path alone (fresh process)" for r in rows)
+    assert "malloc from" not in rows[0]["note"] and f"malloc from {preload.resolve()}" in rows[1]["note"]
     # The same model on the same messages: an allocator moves memory and speed, never a label.
     assert rows[1]["agreement_with_reference"] == 1.0 and rows[1]["speed_to_reference"] > 0
     assert "allocator (default, libc_malloc_debug.so.0" in " ".join(result["notes"])
